@@ -1,0 +1,47 @@
+"""lmcjax entry point.
+
+  python launch/main.py --config configs/default.py --workdir runs/default [--config.train.epochs=3]
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+# Configs import each other as `configs.X`; they live beside launch/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lmcjax import experiment  # pylint: disable=g-import-not-at-top
+from lmcjax import train  # pylint: disable=g-import-not-at-top
+from lmcjax import validate  # pylint: disable=g-import-not-at-top
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv):
+  """absl flag parsing, with config key errors as one line instead of a traceback."""
+  try:
+    argv = flags.FLAGS(argv)
+    _ = flags.FLAGS.config  # config files load lazily; fail here, not mid-run
+    return argv
+  except OSError as e:
+    last = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    sys.exit(f"lmcjax: error: cannot load --config file: {last}")
+  except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
+    message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ")
+    sys.exit(f"lmcjax: error: bad flag or config override: {message}")
+
+
+def main(argv):
+  del argv
+  try:
+    experiment.run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (validate.InputError, train.NonFiniteLossError) as e:
+    sys.exit(f"lmcjax: error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

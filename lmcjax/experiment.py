@@ -1,0 +1,183 @@
+"""Experiment setup and stage dispatch behind launch/main.py.
+
+`train_run` is the one training primitive every stage uses (dense training,
+IMP rounds, retraining, SGD-noise branches): it builds the jitted masked step
+once per (model, spec, length) and runs it with named seeds.
+"""
+import dataclasses
+import functools
+import json
+import os
+import platform
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmcjax import checkpoints
+from lmcjax import data as data_lib
+from lmcjax import logs
+from lmcjax import masks
+from lmcjax import models
+from lmcjax import rng
+from lmcjax import train
+from lmcjax import validate
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Setup:
+  """What every stage shares: the config, data on device, the model and its init."""
+  config: Any
+  dataset: data_lib.Dataset
+  model: Any
+  x_train: jnp.ndarray
+  y_train: jnp.ndarray
+  x_test: jnp.ndarray
+  y_test: jnp.ndarray
+  init_params: PyTree
+  init_batch_stats: PyTree
+  prunable: PyTree
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: train.TrainState
+  test: Dict[str, float]
+  cost: Dict[str, int]
+
+
+def check_config(config) -> None:
+  """Checks every section that the configured stages read, before any compute."""
+  validate.require(len(config.stages) > 0, "config.stages is empty")
+  for stage in config.stages:
+    validate.choice("config.stages entry", stage, STAGES)
+  data_lib.check_config(config.data)
+  models.check_config(config.model)
+  train.check_spec(config.train, "train")
+  validate.choice("prune.scope", config.prune.scope, masks.SCOPES)
+  validate.positive("eval_batch_size", config.eval_batch_size)
+  validate.non_negative("log_every_steps", config.log_every_steps)
+  validate.non_negative("checkpoint_every_steps", config.checkpoint_every_steps)
+  for stage in config.stages:
+    if stage in CHECKS:
+      CHECKS[stage](config)
+
+
+def setup(config) -> Setup:
+  dataset = data_lib.load(config.data)
+  model = models.create(config.model, dataset.num_classes)
+  params, batch_stats = train.init_variables(model, rng.named_key(config.seeds.init, "init"),
+                                             dataset.image_shape)
+  to_device = lambda x: jnp.asarray(dataset.normalise(x))
+  return Setup(config, dataset, model,
+               to_device(dataset.x_train), jnp.asarray(dataset.y_train),
+               to_device(dataset.x_test), jnp.asarray(dataset.y_test),
+               params, batch_stats, masks.prunable_tree(params, config.prune.scope))
+
+
+def _spec_key(spec) -> str:
+  return spec.to_json_best_effort(sort_keys=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(model, spec_json: str, num_classes: int, num_steps: int):
+  """The optimizer and jitted step for one (model, spec, length); built once."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  spec = ml_collections.ConfigDict(json.loads(spec_json))
+  tx = train.make_optimizer(spec, num_steps)
+  step = train.make_train_step(model, tx, spec.augment, num_classes)
+  # The state is donated: its buffers are reused for the next state, which
+  # halves peak parameter memory. The batch and mask are read-only.
+  return tx, jax.jit(step, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_eval(model, batch_size: int):
+  return jax.jit(train.make_eval_fn(model, batch_size))
+
+
+def evaluate(s: Setup, params, batch_stats, split: str = "test") -> Dict[str, float]:
+  images, labels = (s.x_test, s.y_test) if split == "test" else (s.x_train, s.y_train)
+  out = _compiled_eval(s.model, s.config.eval_batch_size)(params, batch_stats, images, labels)
+  return {k: float(v) for k, v in out.items()}
+
+
+def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
+              seed_path: Tuple[Any, ...], stage: str, log: Optional[logs.MetricsLog] = None,
+              images=None, labels=None, checkpoint_dir: str = "") -> RunResult:
+  """Trains (params, batch_stats) under `mask` with `spec` and evaluates on test.
+
+  The data order and augmentation draws come from config.seeds.data_order and
+  config.seeds.augment folded with `seed_path`, so two runs that differ only
+  in seed_path differ only in SGD noise. With checkpoint_dir, the state is
+  saved every config.checkpoint_every_steps and a rerun resumes from it.
+  """
+  images = s.x_train if images is None else images
+  labels = s.y_train if labels is None else labels
+  n = int(images.shape[0])
+  num_steps = train.total_steps(spec, n)
+  batch = train.effective_batch(spec, n)
+  tx, step_fn = _compiled(s.model, _spec_key(spec), s.dataset.num_classes, num_steps)
+  if mask is not None:
+    params = masks.apply(params, mask)
+  aug_key = rng.named_key(s.config.seeds.augment, "augment", *seed_path)
+  state = train.create_state(params, batch_stats, tx, aug_key)
+  checkpointer = None
+  if checkpoint_dir:
+    checkpointer = checkpoints.StateCheckpointer(checkpoint_dir, s.config.checkpoint_every_steps)
+    state = checkpointer.restore_latest(state) or state
+  order = train.BatchOrder(rng.named_key(s.config.seeds.data_order, "order", *seed_path), n, batch)
+  state = train.fit(state, step_fn, images, labels, mask, order, num_steps, stage=stage,
+                    log_every=s.config.log_every_steps,
+                    on_log=log.logger(stage) if log else None, checkpointer=checkpointer)
+  if checkpointer:
+    checkpointer.close()
+  test = evaluate(s, state.params, state.batch_stats)
+  return RunResult(state, test, train.data_cost(num_steps, batch, n))
+
+
+def software_versions() -> Dict[str, str]:
+  import flax, optax, orbax.checkpoint  # pylint: disable=g-import-not-at-top,multiple-imports
+  return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+          "optax": optax.__version__, "orbax": orbax.checkpoint.__version__,
+          "numpy": np.__version__, "backend": jax.default_backend()}
+
+
+def train_stage(s: Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
+  """Trains the dense model on real data with config.train."""
+  result = train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
+                     seed_path=("dense",), stage="train", log=log)
+  train_metrics = evaluate(s, result.state.params, result.state.batch_stats, "train")
+  log.write("train", int(result.state.step), {"test_loss": result.test["loss"],
+                                              "test_accuracy": result.test["accuracy"]})
+  return {"test_accuracy": result.test["accuracy"], "test_loss": result.test["loss"],
+          "train_accuracy": train_metrics["accuracy"], "train_loss": train_metrics["loss"],
+          "steps": int(result.state.step), **result.cost}
+
+
+# Stage name -> fn(setup, workdir, log) -> summary dict. Later stages register here.
+STAGES: Dict[str, Callable[..., Dict[str, Any]]] = {"train": train_stage}
+# Stage name -> fn(config) raising InputError; run before any compute.
+CHECKS: Dict[str, Callable[[Any], None]] = {}
+
+
+def run(config, workdir: str) -> Dict[str, Any]:
+  """Runs config.stages in order; writes DIR/metrics.jsonl and DIR/summary.json."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  s = setup(config)
+  log = logs.MetricsLog(workdir)
+  summary = {"dataset": s.dataset.name, "model": config.model.name,
+             "num_train": int(s.x_train.shape[0]), "num_test": int(s.x_test.shape[0]),
+             "versions": software_versions()}
+  for stage in config.stages:
+    logging.info("stage %s", stage)
+    summary[stage] = STAGES[stage](s, workdir, log)
+    logs.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary

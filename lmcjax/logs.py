@@ -1,0 +1,45 @@
+"""Metrics files: DIR/metrics.jsonl (one JSON object per logged step) and JSON summaries."""
+import json
+import os
+from typing import Any, Dict
+
+from absl import logging
+import numpy as np
+
+
+def _jsonable(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return value
+
+
+def write_json(path: str, obj: Dict[str, Any]) -> None:
+  """Writes JSON atomically: a reader never sees a half-written file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=_jsonable, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Dict[str, Any]:
+  with open(path) as f:
+    return json.load(f)
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step to DIR/metrics.jsonl and logs a line."""
+
+  def __init__(self, workdir: str, filename: str = "metrics.jsonl"):
+    self.path = os.path.join(workdir, filename)
+
+  def write(self, stage: str, step: int, metrics: Dict[str, float]) -> None:
+    row = {"stage": stage, "step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row, default=_jsonable) + "\n")
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    logging.info("[%s] step %d %s", stage, step, shown)
+
+  def logger(self, stage: str):
+    return lambda step, metrics: self.write(stage, step, metrics)

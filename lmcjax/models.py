@@ -1,0 +1,163 @@
+"""Flax linen models, chosen by name in config.model.
+
+Every model is called as `model.apply(variables, x, train=...)`; models with
+BatchNorm keep running statistics in the 'batch_stats' collection.
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lmcjax import validate
+
+NORMS = ("instance", "batch", "layer", "none")
+POOLS = ("avg", "max")
+
+
+def make_norm(kind: str, train: bool) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """Normalisation layer by name. Instance norm is GroupNorm with one group per
+  channel and layer norm GroupNorm with a single group, as in the DC code."""
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9)
+  if kind == "instance":
+    return lambda x: nn.GroupNorm(num_groups=x.shape[-1], epsilon=1e-5)(x)
+  if kind == "layer":
+    return lambda x: nn.GroupNorm(num_groups=1, epsilon=1e-5)(x)
+  return lambda x: x
+
+
+class MLP(nn.Module):
+  """Fully connected net; hidden=(300, 100) is LeNet-300-100."""
+  num_classes: int
+  hidden: Sequence[int] = (300, 100)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class ConvNet(nn.Module):
+  """ConvNet-D of dataset distillation: depth x [conv3x3, norm, relu, pool 2]."""
+  num_classes: int
+  depth: int = 3
+  width: int = 128
+  norm: str = "instance"
+  pooling: str = "avg"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    pool = nn.avg_pool if self.pooling == "avg" else nn.max_pool
+    for _ in range(self.depth):
+      x = nn.Conv(self.width, (3, 3), padding=1)(x)
+      x = nn.relu(make_norm(self.norm, train)(x))
+      x = pool(x, (2, 2), strides=(2, 2))
+    return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+
+class BasicBlock(nn.Module):
+  width: int
+  stride: int = 1
+  norm: str = "batch"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = nn.Conv(self.width, (3, 3), self.stride, padding=1, use_bias=False)(x)
+    y = nn.relu(make_norm(self.norm, train)(y))
+    y = nn.Conv(self.width, (3, 3), padding=1, use_bias=False)(y)
+    y = make_norm(self.norm, train)(y)
+    if self.stride != 1 or x.shape[-1] != self.width:
+      x = nn.Conv(self.width, (1, 1), self.stride, use_bias=False)(x)
+      x = make_norm(self.norm, train)(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """CIFAR ResNet: 3x3 stem, no max-pool, stages of basic blocks, global avg pool."""
+  num_classes: int
+  stage_widths: Sequence[int] = (32, 64, 128, 256)
+  blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
+  norm: str = "batch"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.stage_widths[0], (3, 3), padding=1, use_bias=False)(x)
+    x = nn.relu(make_norm(self.norm, train)(x))
+    for stage, (width, blocks) in enumerate(zip(self.stage_widths, self.blocks_per_stage)):
+      for block in range(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(width, stride, self.norm)(x, train)
+    return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+  """VGG-16 for CIFAR: BatchNorm after every conv, one linear classifier."""
+  num_classes: int
+  layers: Sequence[Any] = VGG16_LAYERS
+  norm: str = "batch"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for layer in self.layers:
+      if layer == "M":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2)) if x.shape[1] > 1 else x
+      else:
+        x = nn.relu(make_norm(self.norm, train)(nn.Conv(layer, (3, 3), padding=1)(x)))
+    return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+class AlexNet(nn.Module):
+  """The AlexNet of the MTT code base (no norm, small classifier)."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    pool = lambda z: nn.max_pool(z, (2, 2), strides=(2, 2))
+    first_pad = 4 if x.shape[-1] == 1 else 2  # MTT pads MNIST-sized input more
+    x = pool(nn.relu(nn.Conv(128, (5, 5), padding=first_pad)(x)))
+    x = pool(nn.relu(nn.Conv(192, (5, 5), padding=2)(x)))
+    x = nn.relu(nn.Conv(256, (3, 3), padding=1)(x))
+    x = nn.relu(nn.Conv(192, (3, 3), padding=1)(x))
+    x = pool(nn.relu(nn.Conv(192, (3, 3), padding=1)(x)))
+    return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+MODELS = ("mlp", "lenet300", "convnet", "resnet20", "resnet10", "resnet18", "vgg16", "alexnet")
+
+
+def check_config(cfg) -> None:
+  validate.choice("model.name", cfg.name, MODELS)
+  validate.choice("model.norm", cfg.norm, NORMS)
+  validate.choice("model.pooling", cfg.pooling, POOLS)
+  validate.positive("model.depth", cfg.depth)
+  validate.positive("model.width", cfg.width)
+  for w in cfg.hidden:
+    validate.positive("model.hidden entry", w)
+
+
+def create(cfg, num_classes: int) -> nn.Module:
+  """Builds the model named by config.model."""
+  check_config(cfg)
+  name = cfg.name
+  if name == "mlp":
+    return MLP(num_classes, tuple(cfg.hidden))
+  if name == "lenet300":
+    return MLP(num_classes, (300, 100))
+  if name == "convnet":
+    return ConvNet(num_classes, cfg.depth, cfg.width, cfg.norm, cfg.pooling)
+  if name == "resnet20":  # Frankle et al.: 16-32-64, 3 blocks per stage
+    return ResNet(num_classes, (16, 32, 64), (3, 3, 3), "batch")
+  if name == "resnet10":  # IDC's CIFAR variant
+    return ResNet(num_classes, (32, 64, 128, 256), (1, 1, 1, 1), "batch")
+  if name == "resnet18":
+    return ResNet(num_classes, (32, 64, 128, 256), (2, 2, 2, 2), "batch")
+  if name == "vgg16":
+    return VGG(num_classes)
+  return AlexNet(num_classes)

@@ -1,0 +1,261 @@
+"""Pure masked training: optimizer, train state, train_step, eval, and the loop.
+
+A train spec (a ConfigDict: epochs, batch_size, optimizer, lr, schedule,
+augment, ...) describes one training run; IMP rounds, distilled-set training
+and SGD-noise branches all use it with their own values.
+"""
+import math
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lmcjax import augment
+from lmcjax import validate
+
+PyTree = Any
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "multistep", "cosine")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  rng: jnp.ndarray  # base key of the augmentation draws; folded with step
+
+
+def check_spec(spec, name: str = "train") -> None:
+  """Validates a train spec before any compute."""
+  validate.positive(f"{name}.epochs", spec.epochs)
+  validate.positive(f"{name}.batch_size", spec.batch_size)
+  validate.positive(f"{name}.lr", spec.lr)
+  validate.choice(f"{name}.optimizer", spec.optimizer, OPTIMIZERS)
+  validate.choice(f"{name}.schedule", spec.schedule, SCHEDULES)
+  validate.non_negative(f"{name}.weight_decay", spec.weight_decay)
+  validate.non_negative(f"{name}.warmup_epochs", spec.warmup_epochs)
+  validate.require(0.0 <= spec.momentum < 1.0, f"{name}.momentum must be in [0, 1), got {spec.momentum!r}")
+  validate.require(all(0.0 < m < 1.0 for m in spec.milestones),
+                   f"{name}.milestones must be fractions of training in (0, 1), got {tuple(spec.milestones)}")
+  validate.positive(f"{name}.gamma", spec.gamma)
+  augment.check_config(spec.augment)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> float:
+  return num_examples / batch_size
+
+
+def total_steps(spec, num_examples: int) -> int:
+  """Steps for spec.epochs passes over the data (the last batch may straddle epochs)."""
+  return max(1, math.ceil(spec.epochs * num_examples / effective_batch(spec, num_examples)))
+
+
+def effective_batch(spec, num_examples: int) -> int:
+  # A distilled set can hold fewer images than one batch.
+  return min(spec.batch_size, num_examples)
+
+
+def make_schedule(spec, num_steps: int) -> optax.Schedule:
+  warmup = int(round(spec.warmup_epochs / spec.epochs * num_steps))
+  if spec.schedule == "multistep":
+    main = optax.piecewise_constant_schedule(
+        spec.lr, {int(m * num_steps) - warmup: spec.gamma for m in spec.milestones})
+  elif spec.schedule == "cosine":
+    main = optax.cosine_decay_schedule(spec.lr, max(1, num_steps - warmup))
+  else:
+    main = optax.constant_schedule(spec.lr)
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, spec.lr, warmup), main], [warmup])
+
+
+def make_optimizer(spec, num_steps: int) -> optax.GradientTransformation:
+  """SGD/Adam with coupled L2 weight decay (as PyTorch's weight_decay), or AdamW."""
+  lr = make_schedule(spec, num_steps)
+  if spec.optimizer == "adamw":
+    return optax.adamw(lr, weight_decay=spec.weight_decay)
+  base = (optax.sgd(lr, momentum=spec.momentum or None, nesterov=spec.nesterov)
+          if spec.optimizer == "sgd" else optax.adam(lr))
+  return optax.chain(optax.add_decayed_weights(spec.weight_decay), base)
+
+
+def init_variables(model, init_key, image_shape) -> Tuple[PyTree, PyTree]:
+  variables = model.init(init_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def create_state(params, batch_stats, tx, aug_key) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=aug_key)
+
+
+def cross_entropy(logits, soft_labels):
+  return -jnp.mean(jnp.sum(soft_labels * jax.nn.log_softmax(logits), axis=-1))
+
+
+def forward(model, params, batch_stats, images, train: bool):
+  """Logits, and updated BatchNorm statistics when training a BN model."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  if train and batch_stats:
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return model.apply(variables, images, train=train), batch_stats
+
+
+def make_train_step(model, tx, augment_cfg, num_classes: int) -> Callable:
+  """Returns the pure `train_step(state, batch, mask) -> (state, metrics)`.
+
+  `mask` may be None (dense). Gradients are masked before the optimizer and
+  params re-masked after it, so neither momentum nor weight decay can move a
+  pruned weight off zero. Not jitted here: callers jit it (with the state
+  donated) or vmap/scan it.
+  """
+
+  def train_step(state: TrainState, batch: Dict[str, jnp.ndarray], mask: Optional[PyTree]):
+    key = jax.random.fold_in(state.rng, state.step)
+    aug_key, mix_key = jax.random.split(key)
+    images = augment.augment_images(aug_key, batch["image"], augment_cfg)
+    labels = jax.nn.one_hot(batch["label"], num_classes)
+    if augment_cfg.cutmix_prob > 0:
+      images, labels = augment.cutmix(mix_key, images, labels, augment_cfg.cutmix_prob,
+                                      augment_cfg.cutmix_beta)
+
+    def loss_fn(params):
+      logits, new_stats = forward(model, params, state.batch_stats, images, train=True)
+      return cross_entropy(logits, labels), (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if mask is not None:
+      grads = jax.tree.map(jnp.multiply, grads, mask)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if mask is not None:
+      params = jax.tree.map(jnp.multiply, params, mask)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                              opt_state=opt_state)
+    return new_state, {"loss": loss, "accuracy": accuracy}
+
+  return train_step
+
+
+def make_eval_fn(model, batch_size: int = 1000) -> Callable:
+  """Returns pure `evaluate(params, batch_stats, images, labels) -> {loss, accuracy}`.
+
+  The split is padded to whole chunks and scanned with lax.map, so memory is
+  one chunk of activations and the function vmaps over params (interpolation).
+  """
+
+  def evaluate(params, batch_stats, images, labels):
+    n = images.shape[0]
+    validate.require(n > 0, "cannot evaluate on an empty split")
+    chunk = min(batch_size, n)
+    pad = (-n) % chunk
+    valid = jnp.arange(n + pad) < n
+    images = jnp.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1))
+    labels = jnp.pad(labels, (0, pad))
+    chunks = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), (images, labels, valid))
+
+    def chunk_sums(args):
+      x, y, ok = args
+      logits, _ = forward(model, params, batch_stats, x, train=False)
+      losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], -1)[:, 0]
+      return jnp.sum(losses * ok), jnp.sum((jnp.argmax(logits, -1) == y) * ok)
+
+    loss_sum, correct = jax.lax.map(chunk_sums, chunks)
+    return {"loss": jnp.sum(loss_sum) / n, "accuracy": jnp.sum(correct) / n}
+
+  return evaluate
+
+
+class BatchOrder:
+  """The data order: an endless stream of per-epoch permutations.
+
+  Step s takes stream positions [s*b, (s+1)*b). Every example appears exactly
+  once per epoch, batches have a fixed shape, and the batch of any step is a
+  pure function of (key, step), so a resumed run sees the same data.
+  """
+
+  def __init__(self, order_key, num_examples: int, batch_size: int):
+    self.key, self.n, self.b = order_key, num_examples, batch_size
+    self._cache: Dict[int, np.ndarray] = {}
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      if len(self._cache) > 2:
+        self._cache.pop(min(self._cache))
+      self._cache[epoch] = np.asarray(
+          jax.random.permutation(jax.random.fold_in(self.key, epoch), self.n))
+    return self._cache[epoch]
+
+  def indices(self, step: int) -> np.ndarray:
+    start, stop = step * self.b, (step + 1) * self.b
+    epochs = range(start // self.n, (stop - 1) // self.n + 1)
+    stream = np.concatenate([self._perm(e) for e in epochs])
+    offset = start - epochs[0] * self.n
+    return stream[offset:offset + self.b]
+
+
+def data_cost(num_steps: int, batch_size: int, num_examples: int) -> Dict[str, int]:
+  """Examples processed and distinct training points used by a run."""
+  seen = num_steps * batch_size
+  return {"examples_seen": int(seen), "distinct_examples": int(min(seen, num_examples))}
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or inf loss."""
+
+
+def _first_nonfinite(pending, stage: str):
+  """Raises naming the first step in `pending` [(step, metrics)] with a bad loss."""
+  if not pending:
+    return
+  losses = np.asarray(jax.device_get(jnp.stack([m["loss"] for _, m in pending])))
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    step = pending[bad[0]][0]
+    raise NonFiniteLossError(f"non-finite loss {losses[bad[0]]} in stage {stage!r} at step {step}; "
+                             "the last good checkpoint is kept")
+
+
+def fit(state: TrainState, step_fn: Callable, images, labels, mask, order: BatchOrder,
+        num_steps: int, *, stage: str = "train", log_every: int = 0,
+        on_log: Optional[Callable[[int, Dict[str, float]], None]] = None,
+        checkpointer=None) -> TrainState:
+  """Runs step_fn from state.step to num_steps.
+
+  Losses are checked for NaN/inf at every log and checkpoint step (checking
+  every step would force a device sync per step); a bad loss raises
+  NonFiniteLossError naming the exact step, before any bad state is saved.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  pending = []
+  start_step = int(state.step)
+  tick, tick_step = time.perf_counter(), start_step
+  for step in range(start_step, num_steps):
+    idx = order.indices(step)
+    state, metrics = step_fn(state, {"image": images[idx], "label": labels[idx]}, mask)
+    pending.append((step, metrics))
+    done = step + 1
+    logging_now = log_every and (done % log_every == 0 or done == num_steps)
+    saving_now = checkpointer is not None and (checkpointer.due(done) or done == num_steps)
+    if logging_now or saving_now:
+      _first_nonfinite(pending, stage)
+      if logging_now and on_log is not None:
+        means = jax.device_get({k: jnp.mean(jnp.stack([m[k] for _, m in pending]))
+                                for k in pending[0][1]})
+        elapsed = time.perf_counter() - tick
+        means = {k: float(v) for k, v in means.items()}
+        means["examples_per_s"] = (done - tick_step) * order.b / max(elapsed, 1e-9)
+        on_log(done, means)
+        tick, tick_step = time.perf_counter(), done
+      pending = []
+      if saving_now:
+        checkpointer.save(done, state)
+  _first_nonfinite(pending, stage)
+  return state

