@@ -22,17 +22,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv):
-  """absl flag parsing, with config key errors as one line instead of a traceback."""
+  """absl flag parsing; a bad config file, key or value is one line, not a traceback."""
   try:
     argv = flags.FLAGS(argv)
-    _ = flags.FLAGS.config  # config files load lazily; fail here, not mid-run
+    flags.FLAGS.config.keys()  # config files load lazily: fail here, not mid-run
     return argv
-  except OSError as e:
-    last = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    sys.exit(f"lmcjax: error: cannot load --config file: {last}")
-  except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
-    message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ")
-    sys.exit(f"lmcjax: error: bad flag or config override: {message}")
+  except Exception as e:  # pylint: disable=broad-except
+    cause = e.__cause__ or e
+    lines = [l.strip() for l in str(cause).replace("\\n", "\n").splitlines() if l.strip()]
+    detail = " ".join(lines[-2:]) if lines else type(cause).__name__
+    sys.exit(f"lmcjax: error: bad --config file or override: {type(cause).__name__}: {detail}")
 
 
 def main(argv):

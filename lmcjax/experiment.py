@@ -63,8 +63,9 @@ def check_config(config) -> None:
   validate.non_negative("log_every_steps", config.log_every_steps)
   validate.non_negative("checkpoint_every_steps", config.checkpoint_every_steps)
   for stage in config.stages:
-    if stage in CHECKS:
-      CHECKS[stage](config)
+    module = stage_module(stage)
+    if module.__name__ != __name__:
+      module.check_config(config)
 
 
 def setup(config) -> Setup:
@@ -159,10 +160,23 @@ def train_stage(s: Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
           "steps": int(result.state.step), **result.cost}
 
 
-# Stage name -> fn(setup, workdir, log) -> summary dict. Later stages register here.
-STAGES: Dict[str, Callable[..., Dict[str, Any]]] = {"train": train_stage}
-# Stage name -> fn(config) raising InputError; run before any compute.
-CHECKS: Dict[str, Callable[[Any], None]] = {}
+# Stage name -> module exposing run_stage(setup, workdir, log) -> summary dict
+# and check_config(config), which raises InputError before any compute.
+STAGE_MODULES: Dict[str, str] = {
+    "train": "lmcjax.experiment",
+    "distill": "lmcjax.distill",
+    "imp": "lmcjax.imp",
+    "analysis": "lmcjax.analysis",
+}
+STAGES = tuple(STAGE_MODULES)
+
+
+def stage_module(name: str):
+  import importlib  # pylint: disable=g-import-not-at-top
+  return importlib.import_module(STAGE_MODULES[name])
+
+
+run_stage = train_stage
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
@@ -178,6 +192,6 @@ def run(config, workdir: str) -> Dict[str, Any]:
              "versions": software_versions()}
   for stage in config.stages:
     logging.info("stage %s", stage)
-    summary[stage] = STAGES[stage](s, workdir, log)
+    summary[stage] = stage_module(stage).run_stage(s, workdir, log)
     logs.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

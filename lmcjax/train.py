@@ -193,12 +193,30 @@ class BatchOrder:
           jax.random.permutation(jax.random.fold_in(self.key, epoch), self.n))
     return self._cache[epoch]
 
+  def block(self, start: int, count: int) -> np.ndarray:
+    """Indices of steps [start, start + count) as a (count, batch) array."""
+    return np.stack([self.indices(s) for s in range(start, start + count)])
+
   def indices(self, step: int) -> np.ndarray:
     start, stop = step * self.b, (step + 1) * self.b
     epochs = range(start // self.n, (stop - 1) // self.n + 1)
     stream = np.concatenate([self._perm(e) for e in epochs])
     offset = start - epochs[0] * self.n
     return stream[offset:offset + self.b]
+
+
+def scan_steps(step_fn: Callable, state: TrainState, mask, images, labels,
+               indices: jnp.ndarray) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+  """Runs step_fn over the rows of `indices` (T, B) with lax.scan: one program.
+
+  Use it under jit, and vmap it over states/indices to train copies at once
+  (SGD-noise branches, evaluating a distilled set over seeds).
+  """
+
+  def body(st, idx):
+    return step_fn(st, {"image": images[idx], "label": labels[idx]}, mask)
+
+  return jax.lax.scan(body, state, indices)
 
 
 def data_cost(num_steps: int, batch_size: int, num_examples: int) -> Dict[str, int]:
@@ -226,10 +244,11 @@ def _first_nonfinite(pending, stage: str):
 def fit(state: TrainState, step_fn: Callable, images, labels, mask, order: BatchOrder,
         num_steps: int, *, stage: str = "train", log_every: int = 0,
         on_log: Optional[Callable[[int, Dict[str, float]], None]] = None,
-        checkpointer=None) -> TrainState:
+        checkpointer=None, place_batch: Optional[Callable] = None) -> TrainState:
   """Runs step_fn from state.step to num_steps.
 
-  Losses are checked for NaN/inf at every log and checkpoint step (checking
+  place_batch, if given, maps the host batch to device arrays (data-parallel
+  sharding). Losses are checked for NaN/inf at every log and checkpoint step (checking
   every step would force a device sync per step); a bad loss raises
   NonFiniteLossError naming the exact step, before any bad state is saved.
   """
@@ -239,7 +258,8 @@ def fit(state: TrainState, step_fn: Callable, images, labels, mask, order: Batch
   tick, tick_step = time.perf_counter(), start_step
   for step in range(start_step, num_steps):
     idx = order.indices(step)
-    state, metrics = step_fn(state, {"image": images[idx], "label": labels[idx]}, mask)
+    batch = {"image": images[idx], "label": labels[idx]}
+    state, metrics = step_fn(state, place_batch(batch) if place_batch else batch, mask)
     pending.append((step, metrics))
     done = step + 1
     logging_now = log_every and (done % log_every == 0 or done == num_steps)

@@ -1,0 +1,80 @@
+"""Synthetic (distilled) sets: the npz file format, validation and IDC decoding.
+
+A file holds `images` (float32 NHWC, normalised with the real dataset's
+statistics, as trained on), `labels` (int32) and `meta_json` (a 0-d unicode
+array with method, ipc, dataset, mean, std, factor, model, iterations). It is
+read with allow_pickle=False.
+"""
+import json
+import os
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmcjax import validate
+
+REQUIRED_META = ("method", "ipc", "dataset", "mean", "std", "factor")
+
+
+def save(path: str, images, labels, meta: Dict[str, Any]) -> None:
+  """Writes a synthetic set atomically."""
+  missing = [k for k in REQUIRED_META if k not in meta]
+  validate.require(not missing, f"synthetic-set metadata lacks {missing}")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, images=np.asarray(images, np.float32), labels=np.asarray(labels, np.int32),
+           meta_json=np.array(json.dumps(meta, sort_keys=True)))
+  os.replace(tmp, path)
+
+
+def load(path: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+  """Reads (images, labels, meta) with no pickles and checks internal consistency."""
+  validate.require(os.path.isfile(path), f"distilled set not found: {path!r}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in ("images", "labels", "meta_json") if k not in f.files]
+      validate.require(not missing, f"{path}: missing arrays {missing}")
+      images, labels, meta = f["images"], f["labels"], json.loads(str(f["meta_json"]))
+  except (ValueError, OSError) as e:
+    if isinstance(e, validate.InputError):
+      raise
+    raise validate.InputError(f"{path}: not a readable synthetic-set npz ({e})") from e
+  validate.require(images.ndim == 4, f"{path}: images must be NHWC, got shape {images.shape}")
+  validate.require(labels.shape == (images.shape[0],),
+                   f"{path}: labels shape {labels.shape} does not match {images.shape[0]} images")
+  return images.astype(np.float32), labels.astype(np.int32), meta
+
+
+def check_compatible(path: str, images, labels, meta, dataset) -> None:
+  """One-line errors when a synthetic set does not fit the real dataset."""
+  factor = int(meta.get("factor", 1))
+  validate.require(tuple(images.shape[1:]) == tuple(dataset.image_shape),
+                   f"{path}: image shape {tuple(images.shape[1:])} != dataset "
+                   f"{dataset.name} image shape {tuple(dataset.image_shape)}")
+  bad = labels[(labels < 0) | (labels >= dataset.num_classes)]
+  validate.require(bad.size == 0, f"{path}: label {bad[:1].tolist()} outside "
+                   f"[0, {dataset.num_classes}) of {dataset.name}")
+  present = np.unique(labels)
+  validate.require(present.size == dataset.num_classes,
+                   f"{path}: has {present.size} classes, {dataset.name} has {dataset.num_classes}")
+  for key, want in (("mean", dataset.mean), ("std", dataset.std)):
+    got = tuple(meta.get(key, ()))
+    validate.require(len(got) == len(want) and np.allclose(got, want, atol=1e-3),
+                     f"{path}: normalisation {key}={got} != {dataset.name}'s {tuple(want)}")
+  validate.require(factor >= 1, f"{path}: factor must be >= 1, got {factor}")
+
+
+def decode_multiformation(images: jnp.ndarray, labels: jnp.ndarray,
+                          factor: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """IDC multi-formation: each stored image holds factor x factor crops, each
+  upsampled back to full size, so N stored images give N * factor^2 images."""
+  if factor == 1:
+    return images, labels
+  n, h, w, c = images.shape
+  ch, cw = h // factor, w // factor
+  crops = images[:, :ch * factor, :cw * factor].reshape(n, factor, ch, factor, cw, c)
+  crops = crops.transpose(0, 1, 3, 2, 4, 5).reshape(n * factor * factor, ch, cw, c)
+  full = jax.image.resize(crops, (crops.shape[0], h, w, c), method="bilinear")
+  return full, jnp.repeat(labels, factor * factor)
