@@ -92,7 +92,7 @@ def load_digits() -> Dataset:
   return _split_builtin("digits", images, d.target.astype(np.int32), test_per_class=36)
 
 
-def _tfds_data_dir(data_dir: str) -> str:
+def tfds_data_dir(data_dir: str) -> str:
   return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
@@ -103,7 +103,7 @@ def load_tfds(name: str, data_dir: str = "", download: bool = False) -> Dataset:
   once with a one-line error; tfds itself is never asked to reach the network.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  data_dir = _tfds_data_dir(data_dir)
+  data_dir = tfds_data_dir(data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     validate.require(download, (

@@ -1,0 +1,11 @@
+"""The paper's CIFAR-10 setting with IDC's ResNet-18 (widths 32-64-128-256, BatchNorm).
+
+  python launch/main.py --config configs/cifar10_resnet18.py --workdir runs/c10_resnet18
+"""
+from configs import cifar10_convnet
+
+
+def get_config():
+  config = cifar10_convnet.get_config()
+  config.model.name = "resnet18"
+  return config

@@ -1,0 +1,78 @@
+"""Augmentation: determinism per key, siamese equality, shapes, CutMix labels."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmcjax import augment
+
+KEY = jax.random.PRNGKey(3)
+
+
+def _batch(n=6, size=16, channels=3, seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), (n, size, size, channels))
+
+
+@pytest.mark.parametrize("op", augment.DSA_OPS)
+def test_each_dsa_op_is_deterministic_per_key_and_keeps_shape(op):
+  x = _batch()
+  fn = jax.jit(lambda k, x: augment.dsa(k, x, op))
+  a, b = fn(KEY, x), fn(KEY, x)
+  chex.assert_trees_all_equal(a, b)
+  assert a.shape == x.shape
+  assert not np.array_equal(np.asarray(fn(jax.random.PRNGKey(4), x)), np.asarray(a)) or op == "flip"
+
+
+@pytest.mark.parametrize("op", augment.DSA_OPS)
+def test_siamese_applies_the_same_transform_to_batches_of_any_size(op):
+  real = _batch(6)
+  synthetic = real[:2]
+  out_real = augment.dsa(KEY, real, op, siamese=True)
+  out_syn = augment.dsa(KEY, synthetic, op, siamese=True)
+  np.testing.assert_allclose(out_real[:2], out_syn, rtol=1e-6, atol=1e-6)
+
+
+def test_non_siamese_draws_per_image_parameters():
+  x = jnp.broadcast_to(_batch(1), (8, 16, 16, 3))  # identical images
+  out = augment.dsa(KEY, x, "rotate", siamese=False)
+  assert not np.allclose(out[0], out[1])
+
+
+def test_flip_twice_is_identity_and_crop_by_zero_is_identity():
+  x = _batch()
+  np.testing.assert_array_equal(augment.flip(KEY, augment.flip(KEY, x)), x)
+  np.testing.assert_allclose(augment.crop(KEY, x, pad_ratio=0.0), x, atol=1e-6)
+
+
+def test_crop_is_an_integer_shift_with_zero_fill():
+  x = _batch(1, size=8)
+  out = augment.crop(KEY, x, pad_ratio=0.25)
+  # Every output pixel is either 0 or exactly some input pixel.
+  values = set(np.round(np.asarray(x).ravel(), 5)) | {0.0}
+  assert set(np.round(np.asarray(out).ravel(), 5)) <= values
+
+
+def test_dsa_all_mode_and_crop_flip_run_under_jit():
+  x = _batch()
+  out = jax.jit(lambda k, x: augment.dsa(k, x, mode="all"))(KEY, x)
+  assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+  assert jax.jit(augment.crop_flip)(KEY, x).shape == x.shape
+
+
+def test_cutmix_labels_match_pasted_area():
+  x = jnp.stack([jnp.full((8, 8, 1), float(i)) for i in range(4)])
+  y = jax.nn.one_hot(jnp.arange(4), 4)
+  for seed in range(5):
+    mixed_x, mixed_y = augment.cutmix(jax.random.PRNGKey(seed), x, y, prob=1.0)
+    np.testing.assert_allclose(mixed_y.sum(-1), 1.0, rtol=1e-6)
+    for i in range(4):
+      own_fraction = float(jnp.mean(mixed_x[i] == float(i)))
+      np.testing.assert_allclose(mixed_y[i, i], own_fraction, atol=1e-6)
+
+
+def test_cutmix_prob_zero_is_identity():
+  x, y = _batch(4), jax.nn.one_hot(jnp.arange(4), 4)
+  mx, my = augment.cutmix(KEY, x, y, prob=0.0)
+  np.testing.assert_array_equal(mx, x)
+  np.testing.assert_array_equal(my, y)

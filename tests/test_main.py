@@ -1,0 +1,45 @@
+"""launch/main.py end to end, config overrides and one-line errors."""
+import json
+import os
+
+import pytest
+
+from conftest import run_main
+
+
+def test_smoke_run_writes_metrics_and_summary(tmp_path):
+  result = run_main("--config", "configs/smoke.py", "--workdir", str(tmp_path),
+                    "--config.train.epochs=1")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.load(open(os.path.join(tmp_path, "summary.json")))
+  assert summary["train"]["test_accuracy"] > 0.5
+  assert summary["train"]["examples_seen"] == summary["train"]["steps"] * 64
+  rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
+  assert rows and all({"stage", "step"} <= set(r) for r in rows)
+  assert any("examples_per_s" in r for r in rows)
+  # The override reached the run: one epoch of 4000 examples at batch 64.
+  assert summary["train"]["steps"] == 63
+
+
+@pytest.mark.parametrize("override,match", [
+    ("--config.trian.epochs=3", 'Did you mean "train"'),
+    ("--config.train.epochs=abc", "epochs=abc"),
+    ("--config.train.lr=0", "train.lr must be > 0, got 0"),
+    ("--config.train.batch_size=0", "train.batch_size must be > 0, got 0"),
+    ("--config.train.epochs=-2", "train.epochs must be > 0, got -2"),
+    ("--config.model.name=transformer", "model.name='transformer' is not one of"),
+    ("--config.data.name=imagenet", "data.name='imagenet' is not one of"),
+])
+def test_bad_config_is_one_line_before_compute(tmp_path, override, match):
+  result = run_main("--config", "configs/smoke.py", "--workdir", str(tmp_path), override,
+                    timeout=120)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("lmcjax: error:") and match in last, result.stderr[-1500:]
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(os.path.join(tmp_path, "metrics.jsonl"))
+
+
+def test_missing_config_file(tmp_path):
+  result = run_main("--config", "configs/nope.py", "--workdir", str(tmp_path), timeout=60)
+  assert result.returncode != 0 and "configs/nope.py" in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,86 @@
+"""Model output shapes and the prunable-weight counts of the paper's nets."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from lmcjax import masks
+from lmcjax import models
+from lmcjax import validate
+
+
+def _model(name, **kw):
+  cfg = default.get_config().model
+  cfg.name = name
+  cfg.update(kw)
+  return models.create(cfg, 10)
+
+
+def _abstract_params(model, shape):
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape)))
+
+
+def _prunable_count(variables, scope="all_kernels"):
+  params = variables["params"]
+  flags = jax.tree.leaves(masks.prunable_tree(params, scope))
+  return sum(int(np.prod(l.shape)) for l, f in zip(jax.tree.leaves(params), flags) if f)
+
+
+@pytest.mark.parametrize("name,kw,count", [
+    ("convnet", dict(depth=3, width=128, norm="instance"), 318_848),
+    ("resnet10", {}, 1_226_080),
+    ("resnet18", {}, 2_792_800),
+])
+def test_paper_prunable_counts_on_cifar_shapes(name, kw, count):
+  assert _prunable_count(_abstract_params(_model(name, **kw), (32, 32, 3))) == count
+
+
+def test_lenet300_counts_and_output_layer_scope():
+  v = _abstract_params(_model("lenet300"), (28, 28, 1))
+  assert _prunable_count(v) == 784 * 300 + 300 * 100 + 100 * 10
+  assert _prunable_count(v, "hidden_kernels") == 784 * 300 + 300 * 100
+  assert _prunable_count(v, "conv_kernels") == 0
+
+
+@pytest.mark.parametrize("name,shape,kw", [
+    ("mlp", (28, 28, 1), dict(hidden=(16,))),
+    ("convnet", (28, 28, 1), dict(width=8, norm="instance", pooling="avg")),
+    ("convnet", (32, 32, 3), dict(width=8, norm="batch", pooling="max")),
+    ("convnet", (32, 32, 3), dict(width=8, norm="layer")),
+    ("convnet", (32, 32, 3), dict(width=8, norm="none", depth=2)),
+    ("resnet20", (32, 32, 3), {}),
+    ("resnet10", (28, 28, 1), {}),
+    ("vgg16", (32, 32, 3), {}),
+    ("alexnet", (28, 28, 1), {}),
+    ("alexnet", (32, 32, 3), {}),
+])
+def test_output_shapes(name, shape, kw):
+  model = _model(name, **kw)
+  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape)),
+                                           jnp.zeros((3,) + shape)))
+  assert out.shape == (3, 10)
+
+
+def test_small_models_run_and_batchnorm_collects_statistics():
+  model = _model("convnet", width=4, norm="batch")
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert "batch_stats" in variables
+  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (4, 10) and bool(jnp.all(jnp.isfinite(logits)))
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
+                         updates["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("name", "resnet1000", "model.name='resnet1000'"),
+    ("norm", "group", "model.norm='group'"),
+    ("width", 0, "model.width must be > 0"),
+])
+def test_bad_model_config(field, value, match):
+  cfg = default.get_config().model
+  cfg[field] = value
+  with pytest.raises(validate.InputError, match=match):
+    models.create(cfg, 10)
