@@ -40,6 +40,9 @@ def main(argv):
     experiment.run(flags.FLAGS.config, flags.FLAGS.workdir)
   except (validate.InputError, train.NonFiniteLossError) as e:
     sys.exit(f"lmcjax: error: {e}")
+  except OSError as e:  # a full disk or lost permissions mid-run
+    sys.exit(f"lmcjax: error: cannot write {e.filename or flags.FLAGS.workdir!r}: "
+             f"{e.strerror or e}; results written so far are complete, the rest is not")
 
 
 if __name__ == "__main__":

@@ -160,8 +160,10 @@ def train_stage(s: Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
           "steps": int(result.state.step), **result.cost}
 
 
-# Stage name -> module exposing run_stage(setup, workdir, log) -> summary dict
-# and check_config(config), which raises InputError before any compute.
+# Stage name -> module exposing run_stage(setup, workdir, log) -> summary dict,
+# check_config(config) (raises InputError before any compute), CONFIG_FIELDS
+# (the config sections it reads), DEPENDS_ON (earlier stages whose outputs it
+# reads) and OUTPUT_DIRS(workdir) (what it writes, moved aside when stale).
 STAGE_MODULES: Dict[str, str] = {
     "train": "lmcjax.experiment",
     "distill": "lmcjax.distill",
@@ -169,6 +171,11 @@ STAGE_MODULES: Dict[str, str] = {
     "analysis": "lmcjax.analysis",
 }
 STAGES = tuple(STAGE_MODULES)
+# The dense "train" stage.
+CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size")
+DEPENDS_ON = ()
+OUTPUT_DIRS = lambda workdir: ()
+run_stage = train_stage
 
 
 def stage_module(name: str):
@@ -176,13 +183,80 @@ def stage_module(name: str):
   return importlib.import_module(STAGE_MODULES[name])
 
 
-run_stage = train_stage
+def _section(config, field):
+  value = config[field]
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def stage_inputs(config, stage: str) -> Dict[str, Any]:
+  """What a stage's result depends on: the config fields it reads, and those of
+  the stages whose outputs it reads. Readable on disk in DIR/stages/."""
+  module = stage_module(stage)
+  inputs = {field: _section(config, field) for field in module.CONFIG_FIELDS}
+  for upstream in module.DEPENDS_ON:
+    if upstream in config.stages:
+      inputs[f"stage:{upstream}"] = stage_inputs(config, upstream)
+  return json.loads(json.dumps(inputs, default=str))
+
+
+def _stage_record_paths(workdir: str, stage: str) -> Tuple[str, str]:
+  base = os.path.join(workdir, "stages")
+  return os.path.join(base, f"{stage}.inputs.json"), os.path.join(base, f"{stage}.done.json")
+
+
+def _move_aside_stale(workdir: str, stage: str) -> None:
+  """Outputs of a stage run under other inputs are moved, never deleted."""
+  import time  # pylint: disable=g-import-not-at-top
+  stale_root = os.path.join(workdir, "stale", f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
+  for path in stage_module(stage).OUTPUT_DIRS(workdir):
+    if os.path.exists(path):
+      os.makedirs(stale_root, exist_ok=True)
+      os.replace(path, os.path.join(stale_root, os.path.basename(path)))
+      logging.info("stage %s: inputs changed; moved %s to %s", stage, path, stale_root)
+
+
+def run_cached_stage(s: Setup, workdir: str, log: logs.MetricsLog, stage: str) -> Dict[str, Any]:
+  """Runs a stage unless it already finished with the same inputs.
+
+  A finished stage is skipped; an unfinished one with the same inputs is rerun
+  and resumes from its own checkpoints; one whose inputs changed starts over.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  inputs = stage_inputs(s.config, stage)
+  inputs_path, done_path = _stage_record_paths(workdir, stage)
+  os.makedirs(os.path.dirname(inputs_path), exist_ok=True)
+  previous = logs.read_json(inputs_path) if os.path.exists(inputs_path) else None
+  if previous == inputs and os.path.exists(done_path):
+    logging.info("stage %s: finished earlier with the same inputs; skipped", stage)
+    return logs.read_json(done_path)["summary"]
+  if previous is not None and previous != inputs:
+    _move_aside_stale(workdir, stage)
+    if os.path.exists(done_path):
+      os.remove(done_path)
+  logs.write_json(inputs_path, inputs)
+  start = time.perf_counter()
+  summary = stage_module(stage).run_stage(s, workdir, log)
+  summary["seconds"] = time.perf_counter() - start
+  logs.write_json(done_path, {"summary": summary})
+  return summary
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Fails before compute if the workdir cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise validate.InputError(f"cannot write workdir {workdir!r}: {e.strerror or e}") from e
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs config.stages in order; writes DIR/metrics.jsonl and DIR/summary.json."""
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir_writable(workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   s = setup(config)
@@ -192,6 +266,6 @@ def run(config, workdir: str) -> Dict[str, Any]:
              "versions": software_versions()}
   for stage in config.stages:
     logging.info("stage %s", stage)
-    summary[stage] = stage_module(stage).run_stage(s, workdir, log)
+    summary[stage] = run_cached_stage(s, workdir, log, stage)
     logs.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

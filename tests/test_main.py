@@ -43,3 +43,23 @@ def test_bad_config_is_one_line_before_compute(tmp_path, override, match):
 def test_missing_config_file(tmp_path):
   result = run_main("--config", "configs/nope.py", "--workdir", str(tmp_path), timeout=60)
   assert result.returncode != 0 and "configs/nope.py" in result.stderr.strip().splitlines()[-1]
+
+
+def test_unwritable_workdir_fails_before_compute(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  result = run_main("--config", "configs/smoke.py", "--workdir", str(blocker / "run"), timeout=60)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0 and last.startswith("lmcjax: error: cannot write workdir"), last
+
+
+def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):
+  args = ("--config", "configs/smoke.py", "--workdir", str(tmp_path), "--config.train.epochs=1")
+  assert run_main(*args).returncode == 0
+  first = json.load(open(tmp_path / "stages" / "train.inputs.json"))
+  assert first["train"]["epochs"] == 1  # the record names the fields, readable on disk
+  again = run_main(*args)
+  assert "finished earlier with the same inputs; skipped" in again.stderr
+  changed = run_main(*args[:-1], "--config.train.lr=0.02", "--config.train.epochs=1")
+  assert "skipped" not in changed.stderr
+  assert json.load(open(tmp_path / "stages" / "train.inputs.json"))["train"]["lr"] == 0.02
