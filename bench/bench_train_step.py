@@ -50,6 +50,26 @@ def build(model_kw, shape, batch):
   return step, make_state, batch_data, mask
 
 
+def step_flops(step, state, batch, mask) -> float:
+  """FLOPs of one compiled train step, as XLA's cost analysis counts them."""
+  analysis = step.lower(state, batch, mask).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis.get("flops", 0.0))
+
+
+def peak_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """Measured float32 matmul throughput of this machine: the roofline we compare to."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a))
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best / 1e9
+
+
 def time_steps(step, state, batch, mask, steps):
   state, m = step(state, batch, mask)  # compile outside the timing
   jax.block_until_ready(m)
@@ -66,9 +86,11 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
+  peak = peak_matmul_gflops()
   print(f"backend={jax.default_backend()} devices={jax.device_count()} batch={args.batch} "
-        f"steps/round={args.steps} rounds={args.rounds}")
-  print(f"{'model':28s} {'dense ex/s':>12s} {'masked ex/s':>12s} {'masked/dense time':>18s}")
+        f"steps/round={args.steps} rounds={args.rounds} peak_matmul={peak:.1f} GFLOP/s")
+  print(f"{'model':28s} {'dense ex/s':>12s} {'masked ex/s':>12s} {'masked/dense time':>18s} "
+        f"{'dense GFLOP/s':>14s} {'% of peak':>10s}")
   for name, model_kw, shape in CASES:
     step, make_state, batch, mask = build(model_kw, shape, args.batch)
     dense, masked = [], []
@@ -77,7 +99,9 @@ def main():
       masked.append(time_steps(step, make_state(), batch, mask, args.steps))
     d, m = np.median(dense), np.median(masked)
     n = args.steps * args.batch
-    print(f"{name:28s} {n / d:12.0f} {n / m:12.0f} {m / d:18.3f}")
+    gflops = step_flops(step, make_state(), batch, None) * args.steps / d / 1e9
+    print(f"{name:28s} {n / d:12.0f} {n / m:12.0f} {m / d:18.3f} {gflops:14.1f} "
+          f"{100 * gflops / peak:9.0f}%")
 
 
 if __name__ == "__main__":

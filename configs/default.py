@@ -6,6 +6,10 @@ Overrides: --config.train.epochs=3 --config.seeds.init=1
 """
 import ml_collections
 
+from configs.parts import imp as imp_part
+from configs.parts import parallel as parallel_part
+from configs.parts import sweep as sweep_part
+
 
 def train_spec(**overrides) -> ml_collections.ConfigDict:
   """One training run's hyperparameters; IMP, distillation and branches reuse it."""
@@ -57,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune = ml_collections.ConfigDict(dict(
       scope="all_kernels",  # all_kernels (paper, output layer included) | hidden_kernels | conv_kernels
   ))
+  config.imp = imp_part.get_section()
+  config.parallel = parallel_part.get_section()
+  config.sweep = sweep_part.get_section()
   config.eval_batch_size = 1000
   config.log_every_steps = 100
   config.checkpoint_every_steps = 0

@@ -13,6 +13,8 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lmcjax import experiment  # pylint: disable=g-import-not-at-top
+from lmcjax import logs  # pylint: disable=g-import-not-at-top
+from lmcjax import parallel  # pylint: disable=g-import-not-at-top
 from lmcjax import train  # pylint: disable=g-import-not-at-top
 from lmcjax import validate  # pylint: disable=g-import-not-at-top
 
@@ -36,7 +38,9 @@ def parse_flags(argv):
 
 def main(argv):
   del argv
+  logs.quiet_library_logs()
   try:
+    parallel.maybe_initialize_distributed(flags.FLAGS.config)
     experiment.run(flags.FLAGS.config, flags.FLAGS.workdir)
   except (validate.InputError, train.NonFiniteLossError) as e:
     sys.exit(f"lmcjax: error: {e}")

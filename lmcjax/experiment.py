@@ -21,6 +21,7 @@ from lmcjax import data as data_lib
 from lmcjax import logs
 from lmcjax import masks
 from lmcjax import models
+from lmcjax import parallel
 from lmcjax import rng
 from lmcjax import train
 from lmcjax import validate
@@ -62,6 +63,7 @@ def check_config(config) -> None:
   validate.positive("eval_batch_size", config.eval_batch_size)
   validate.non_negative("log_every_steps", config.log_every_steps)
   validate.non_negative("checkpoint_every_steps", config.checkpoint_every_steps)
+  parallel.check_config(config)
   for stage in config.stages:
     module = stage_module(stage)
     if module.__name__ != __name__:
@@ -109,13 +111,17 @@ def evaluate(s: Setup, params, batch_stats, split: str = "test") -> Dict[str, fl
 
 def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
               seed_path: Tuple[Any, ...], stage: str, log: Optional[logs.MetricsLog] = None,
-              images=None, labels=None, checkpoint_dir: str = "") -> RunResult:
+              images=None, labels=None, checkpoint_dir: str = "",
+              stop_step: Optional[int] = None) -> RunResult:
   """Trains (params, batch_stats) under `mask` with `spec` and evaluates on test.
 
   The data order and augmentation draws come from config.seeds.data_order and
   config.seeds.augment folded with `seed_path`, so two runs that differ only
   in seed_path differ only in SGD noise. With checkpoint_dir, the state is
   saved every config.checkpoint_every_steps and a rerun resumes from it.
+  With stop_step, training stops there with the full run's schedule: the state
+  is an exact prefix of the full run (a rewind point at step k).
+  The caller's arrays are copied, never donated.
   """
   images = s.x_train if images is None else images
   labels = s.y_train if labels is None else labels
@@ -123,6 +129,8 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   num_steps = train.total_steps(spec, n)
   batch = train.effective_batch(spec, n)
   tx, step_fn = _compiled(s.model, _spec_key(spec), s.dataset.num_classes, num_steps)
+  # The jitted step donates the state; copy so the caller's trees survive.
+  params, batch_stats = jax.tree.map(jnp.array, (params, batch_stats))
   if mask is not None:
     params = masks.apply(params, mask)
   aug_key = rng.named_key(s.config.seeds.augment, "augment", *seed_path)
@@ -132,13 +140,18 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
     checkpointer = checkpoints.StateCheckpointer(checkpoint_dir, s.config.checkpoint_every_steps)
     state = checkpointer.restore_latest(state) or state
   order = train.BatchOrder(rng.named_key(s.config.seeds.data_order, "order", *seed_path), n, batch)
-  state = train.fit(state, step_fn, images, labels, mask, order, num_steps, stage=stage,
+  placer = parallel.batch_placer(s.config)
+  if placer:  # data-parallel: the state and mask live on every device of the mesh
+    state, mask = placer.replicate((state, mask))
+  end = num_steps if stop_step is None else min(stop_step, num_steps)
+  state = train.fit(state, step_fn, images, labels, mask, order, end, stage=stage,
                     log_every=s.config.log_every_steps,
-                    on_log=log.logger(stage) if log else None, checkpointer=checkpointer)
+                    on_log=log.logger(stage) if log else None, checkpointer=checkpointer,
+                    place_batch=placer)
   if checkpointer:
     checkpointer.close()
   test = evaluate(s, state.params, state.batch_stats)
-  return RunResult(state, test, train.data_cost(num_steps, batch, n))
+  return RunResult(state, test, train.data_cost(end, batch, n))
 
 
 def software_versions() -> Dict[str, str]:
@@ -148,10 +161,14 @@ def software_versions() -> Dict[str, str]:
           "numpy": np.__version__, "backend": jax.default_backend()}
 
 
+# The dense real-data run's seed path: the train stage and IMP's rewind point share it.
+DENSE_SEED_PATH = ("dense",)
+
+
 def train_stage(s: Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
   """Trains the dense model on real data with config.train."""
   result = train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
-                     seed_path=("dense",), stage="train", log=log)
+                     seed_path=DENSE_SEED_PATH, stage="train", log=log)
   train_metrics = evaluate(s, result.state.params, result.state.batch_stats, "train")
   log.write("train", int(result.state.step), {"test_loss": result.test["loss"],
                                               "test_accuracy": result.test["accuracy"]})

@@ -1,0 +1,40 @@
+"""Merges the job workdirs of a sweep into ROOT/aggregate.json and ROOT/aggregate.md.
+
+  python launch/aggregate.py --workdir ROOT [--columns=test_accuracy,barrier]
+
+Unfinished and missing jobs are listed with their status; the command fails
+only when ROOT holds no job at all.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lmcjax import aggregate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import validate  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_string("workdir", None, "Sweep root: the directory holding the job workdirs.")
+flags.DEFINE_list("columns", [], "Show only metric columns containing one of these substrings "
+                  "in aggregate.md (aggregate.json keeps every column).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  root = flags.FLAGS.workdir
+  try:
+    records = aggregate.aggregate(root, flags.FLAGS.columns)
+  except validate.InputError as e:
+    sys.exit(f"lmcjax: error: {e}")
+  except OSError as e:
+    sys.exit(f"lmcjax: error: cannot write {e.filename or root!r}: {e.strerror or e}")
+  statuses = [r["status"] for r in records]
+  counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+  print(f"{len(records)} jobs ({counts}) -> {os.path.join(root, 'aggregate.md')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,400 @@
+"""The IMP stage: iterative magnitude pruning with rewinding, per mask source.
+
+For each source in config.imp.sources, round k = 0..R:
+  1. start from the rewind point, masked by mask_k (round 0 is dense);
+  2. distilled rounds: train on the distilled set (the run whose weights are pruned);
+  3. retrain on real data with config.train and evaluate: accuracy at sparsity
+     1 - 0.8^k. In real-data rounds this run is also the one that is pruned;
+  4. prune the trained weights to mask_{k+1} (random source: draw it).
+
+Every artefact lives where lmcjax.workdir says: the rewind point, each round's
+mask and final params, and mid-training checkpoints. A round is finished when
+its result.json marker exists; a finished round is never recomputed, and an
+unfinished one resumes from its checkpoints, so SIGKILL at any moment followed
+by the same command ends bit-identical to an uninterrupted run (on CPU).
+"""
+import json
+import os
+import shutil
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmcjax import checkpoints
+from lmcjax import experiment
+from lmcjax import logs
+from lmcjax import masks
+from lmcjax import pruning
+from lmcjax import rng
+from lmcjax import synthetic
+from lmcjax import train
+from lmcjax import validate
+from lmcjax import workdir as layout
+
+PyTree = Any
+# Also the run order: 'random' draws its masks from the real source's masks.
+SOURCES = ("real", "distilled", "combined", "random")
+# The seed path of the dense 'train' stage run, so that a rewind point at step
+# k is exactly step k of that run.
+DENSE_SEED_PATH = experiment.DENSE_SEED_PATH
+RESULTS_FILE = "imp.jsonl"
+PLOT_FILE = "accuracy_vs_sparsity.png"
+# Stage interface (experiment.run_cached_stage): a change in any of these
+# fields, or in the distill stage's inputs, moves DIR/imp aside and starts over;
+# the checkpoint and log intervals do not change results and are left out.
+CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "imp")
+DEPENDS_ON = ("distill",)
+
+
+def OUTPUT_DIRS(workdir: str) -> Tuple[str, ...]:  # pylint: disable=invalid-name
+  return (layout.imp_dir(workdir),)
+
+
+# ---------------------------------------------------------------- config
+
+
+def _uses_distilled(c) -> bool:
+  return "distilled" in c.sources or ("combined" in c.sources and c.combined_distilled_rounds > 0)
+
+
+def check_config(config) -> None:
+  """One-line errors for a bad config.imp, before any compute."""
+  c = config.imp
+  validate.require(len(c.sources) > 0, "imp.sources is empty")
+  for source in c.sources:
+    validate.choice("imp.sources entry", source, SOURCES)
+  validate.require(len(set(c.sources)) == len(c.sources), f"imp.sources {tuple(c.sources)} repeats a source")
+  validate.require(isinstance(c.rounds, int) and c.rounds >= 0,
+                   f"imp.rounds must be an integer >= 0, got {c.rounds!r}")
+  validate.fraction_open("imp.prune_fraction", c.prune_fraction)
+  validate.choice("imp.method", c.method, pruning.METHODS)
+  validate.require(isinstance(c.rewind_step, int) and c.rewind_step >= 0,
+                   f"imp.rewind_step must be an integer >= 0, got {c.rewind_step!r}")
+  validate.non_negative("imp.rewind_epochs", c.rewind_epochs)
+  validate.require(not (c.rewind_step and c.rewind_epochs),
+                   "set imp.rewind_step or imp.rewind_epochs, not both")
+  validate.require(c.rewind_epochs <= config.train.epochs,
+                   f"imp.rewind_epochs={c.rewind_epochs} is beyond the dense training's "
+                   f"train.epochs={config.train.epochs}")
+  validate.non_negative("imp.combined_distilled_rounds", c.combined_distilled_rounds)
+  if _uses_distilled(c):
+    train.check_spec(c.distilled_train, "imp.distilled_train")
+    if c.distilled_path:
+      synthetic.load(c.distilled_path)  # existence and format; shape/classes need the dataset
+
+
+def rewind_step(config, num_train: int) -> int:
+  """The dense-training step the rewind point is taken at; checked against its length."""
+  c, spec = config.imp, config.train
+  dense_steps = train.total_steps(spec, num_train)
+  step = c.rewind_step
+  if c.rewind_epochs:
+    step = int(round(c.rewind_epochs * num_train / train.effective_batch(spec, num_train)))
+  validate.require(step <= dense_steps, f"imp rewind step {step} is beyond the dense training's "
+                   f"{dense_steps} steps (train.epochs={spec.epochs})")
+  return step
+
+
+def _ordered_sources(c) -> Tuple[str, ...]:
+  return tuple(s for s in SOURCES if s in c.sources)
+
+
+def _distilled_rounds(c, source: str) -> int:
+  """How many rounds (from round 0) of `source` find their mask on distilled data."""
+  return {"distilled": c.rounds, "combined": min(c.combined_distilled_rounds, c.rounds)}.get(source, 0)
+
+
+# ---------------------------------------------------------------- rewinding
+
+
+def round_start(rewind: Dict[str, PyTree], trained: Optional[Dict[str, PyTree]], mask: PyTree,
+                prunable: PyTree, rewind_non_prunable: bool = True) -> Tuple[PyTree, PyTree]:
+  """(params, batch_stats) a round starts from: the rewind point times the mask.
+
+  With rewind_non_prunable=False (the seed paper's code) the non-prunable
+  parameters and the BN statistics come from `trained`, the previous round's
+  trained variables, when there is one. The result is a fresh copy: training
+  donates its input buffers.
+  """
+  params, stats = rewind["params"], rewind["batch_stats"]
+  if not rewind_non_prunable and trained is not None:
+    params = jax.tree.map(lambda r, t, p: r if p else t, params, trained["params"], prunable)
+    stats = trained["batch_stats"]
+  params = jax.tree.map(lambda p, m: jnp.asarray(p) * m, params, mask)
+  return params, jax.tree.map(jnp.array, stats)
+
+
+def _variables_like(s: experiment.Setup) -> Dict[str, PyTree]:
+  return {"params": s.init_params, "batch_stats": s.init_batch_stats}
+
+
+def load_rewind(s: experiment.Setup, workdir: str) -> Tuple[PyTree, PyTree]:
+  """The saved rewind point as (params, batch_stats); errors if missing or mismatched."""
+  tree = checkpoints.load_tree(layout.rewind_point(workdir), _variables_like(s), what="rewind point")
+  return tree["params"], tree["batch_stats"]
+
+
+def load_mask(s: experiment.Setup, workdir: str, source: str, round_index: int) -> PyTree:
+  """Mask of `source` at round k (sparsity ~1 - 0.8^k); errors if missing or mismatched."""
+  validate.choice("mask source", source, SOURCES)
+  tree = checkpoints.load_tree(layout.mask(workdir, source, round_index), s.init_params,
+                               what=f"{source} round {round_index} mask")
+  return jax.tree.map(jnp.asarray, tree)
+
+
+def _dense_prefix(s: experiment.Setup, num_steps: int, log: Optional[logs.MetricsLog]):
+  """Step `num_steps` of the dense real-data run of config.train (the 'train'
+  stage's run: same seed path), with the full run's schedule."""
+  result = experiment.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
+                                seed_path=DENSE_SEED_PATH, stage="imp/rewind", log=log,
+                                stop_step=num_steps)
+  return {"params": result.state.params, "batch_stats": result.state.batch_stats}
+
+
+def _ensure_rewind(s: experiment.Setup, workdir: str, step: int, log) -> Dict[str, PyTree]:
+  path = layout.rewind_point(workdir)
+  if not checkpoints.exists(path):
+    tree = _variables_like(s) if step == 0 else _dense_prefix(s, step, log)
+    checkpoints.save_tree(path, tree)
+  params, stats = load_rewind(s, workdir)
+  return {"params": params, "batch_stats": stats}
+
+
+# ---------------------------------------------------------------- one source
+
+
+def _random_reference(c) -> str:
+  return "real" if "real" in c.sources else "global"
+
+
+def _marker(workdir: str, source: str, k: int) -> str:
+  return os.path.join(layout.round_dir(workdir, source, k), "result.json")
+
+
+def _distilled_final(workdir: str, source: str, k: int) -> str:
+  """Variables trained on the distilled set in round k, kept for the partial rewind."""
+  return os.path.join(layout.round_dir(workdir, source, k), "distilled_final")
+
+
+class _SourceRun:
+  """IMP for one mask source: rounds 0..R, resumable round by round."""
+
+  def __init__(self, s, workdir, source, rewind, distilled, log, dense_cache):
+    self.s, self.c, self.workdir, self.source = s, s.config.imp, workdir, source
+    self.rewind, self.distilled, self.log, self.dense_cache = rewind, distilled, log, dense_cache
+    self.distilled_rounds = _distilled_rounds(self.c, source)
+
+  def mask(self, k: int) -> PyTree:
+    if k == 0:
+      return masks.ones_like(self.s.init_params)
+    return load_mask(self.s, self.workdir, self.source, k)
+
+  def next_mask(self, k: int, trained: Dict[str, PyTree], mask: PyTree) -> PyTree:
+    """mask_{k+1} from round k's trained weights (or a random draw)."""
+    c, prunable = self.c, self.s.prunable
+    if self.source != "random":
+      scores = pruning.magnitude_scores(trained["params"])
+      return pruning.prune(scores, mask, prunable, c.prune_fraction, c.method)
+    key = rng.named_key(self.s.config.seeds.init, "random_mask", k + 1)
+    if _random_reference(c) == "real":
+      reference = load_mask(self.s, self.workdir, "real", k + 1)
+      return pruning.random_with_layer_counts(key, reference, prunable)
+    return pruning.prune(pruning.random_scores(key, self.s.init_params), mask, prunable,
+                         c.prune_fraction, c.method)
+
+  def train(self, spec, carry, mask, k, kind, images=None, labels=None) -> experiment.RunResult:
+    """One run of round k from the rewind point; `kind` names its seed path and checkpoints."""
+    # A fresh start per run: train_run donates (consumes) the buffers it is given.
+    params, stats = round_start(self.rewind, carry, mask, self.s.prunable,
+                                self.c.rewind_non_prunable)
+    ckpt = os.path.join(layout.train_checkpoints(self.workdir, self.source, k), kind)
+    return experiment.train_run(self.s, spec, params, stats, mask, seed_path=("imp", kind, k),
+                                stage=f"imp/{self.source}/{k}/{kind}", log=self.log,
+                                images=images, labels=labels, checkpoint_dir=ckpt)
+
+  def retrain(self, carry, mask, k) -> experiment.RunResult:
+    """Real-data training of round k; the dense round 0 is the same run for every source."""
+    if k == 0 and "result" in self.dense_cache:
+      return self.dense_cache["result"]
+    result = self.train(self.s.config.train, carry, mask, k, "retrain")
+    if k == 0:
+      self.dense_cache["result"] = result
+    return result
+
+  def run_round(self, k: int, carry: Optional[Dict[str, PyTree]]) -> Dict[str, Any]:
+    """Trains round k, saves its final variables and mask_{k+1}; returns its marker."""
+    mask = self.mask(k)
+    finds_mask = k < self.c.rounds
+    distilled_run = None
+    if finds_mask and k < self.distilled_rounds:
+      distilled_run = self.train(self.c.distilled_train, carry, mask, k, "distilled",
+                                 self.distilled["images"], self.distilled["labels"])
+      if not self.c.rewind_non_prunable:
+        checkpoints.save_tree(_distilled_final(self.workdir, self.source, k),
+                              _variables(distilled_run))
+    result = self.retrain(carry, mask, k)
+    checkpoints.save_tree(layout.final_params(self.workdir, self.source, k), _variables(result))
+    prune_cost = None
+    if finds_mask:
+      pruned_run = distilled_run or result
+      new_mask = self.next_mask(k, _variables(pruned_run), mask)
+      checkpoints.save_tree(layout.mask(self.workdir, self.source, k + 1), new_mask)
+      if self.source != "random":
+        prune_cost = dict(pruned_run.cost, data="distilled" if distilled_run else "real")
+    report = masks.sparsity_report(mask, self.s.prunable)
+    return {"source": self.source, "round": k, "sparsity": report["sparsity"],
+            "test_accuracy": result.test["accuracy"], "test_loss": result.test["loss"],
+            **result.cost, "prune_run": prune_cost,
+            # How well the net trained on distilled data alone does (before retraining).
+            "distilled_test_accuracy": distilled_run.test["accuracy"] if distilled_run else None,
+            "layer_sparsity": {n: l["sparsity"] for n, l in report["layers"].items()}}
+
+  def carry(self, k: int) -> Optional[Dict[str, PyTree]]:
+    """Round k's trained variables that round k+1 inherits under the partial rewind."""
+    if self.c.rewind_non_prunable:
+      return None
+    like = _variables_like(self.s)
+    if k < self.distilled_rounds and k < self.c.rounds:
+      return checkpoints.load_tree(_distilled_final(self.workdir, self.source, k), like)
+    return checkpoints.load_tree(layout.final_params(self.workdir, self.source, k), like)
+
+  def run(self) -> List[Dict[str, Any]]:
+    if not checkpoints.exists(layout.mask(self.workdir, self.source, 0)):
+      checkpoints.save_tree(layout.mask(self.workdir, self.source, 0), self.mask(0))
+    markers = []
+    for k in range(self.c.rounds + 1):
+      marker = _marker(self.workdir, self.source, k)
+      if not os.path.exists(marker):
+        carry = self.carry(k - 1) if k > 0 else None
+        logs.write_json(marker, self.run_round(k, carry))
+      if not self.c.keep_train_checkpoints:
+        # Also after a kill between the marker and the removal.
+        shutil.rmtree(layout.train_checkpoints(self.workdir, self.source, k), ignore_errors=True)
+      markers.append(logs.read_json(marker))
+    return markers
+
+
+def _variables(result: experiment.RunResult) -> Dict[str, PyTree]:
+  return {"params": result.state.params, "batch_stats": result.state.batch_stats}
+
+
+# ---------------------------------------------------------------- results
+
+
+def _mask_costs(markers: List[Dict[str, Any]]) -> List[Tuple[int, int]]:
+  """(examples seen, distinct examples) spent finding mask_k, for k = 0..len(markers).
+
+  Sums the runs pruned in rounds < k. Distinct points add up over datasets
+  (real, distilled), taking per dataset the most one run used: exact when
+  every run covers its dataset at least once, as IMP's runs do.
+  """
+  seen, distinct, out = 0, {}, []
+  for m in markers:
+    out.append((seen, sum(distinct.values())))
+    run = m["prune_run"]
+    if run:
+      seen += run["examples_seen"]
+      distinct[run["data"]] = max(distinct.get(run["data"], 0), run["distinct_examples"])
+  out.append((seen, sum(distinct.values())))
+  return out
+
+
+def results_rows(markers: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """imp.jsonl rows: each round's marker with the data cost of finding its mask."""
+  rows = []
+  for m, (seen, distinct) in zip(markers, _mask_costs(markers)):
+    row = {k: v for k, v in m.items() if k != "prune_run"}
+    row.update(mask_examples_seen=seen, mask_distinct_examples=distinct)
+    rows.append(row)
+  return rows
+
+
+def cost_summary(markers_by_source: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+  """Per source: the data that finding all its masks took, and what retraining took.
+
+  real_over_distilled is the paper's "N x fewer training points" factor.
+  """
+  out = {}
+  for source, markers in markers_by_source.items():
+    seen, distinct = _mask_costs(markers)[-1]
+    out[source] = {"mask_examples_seen": seen, "mask_distinct_examples": distinct,
+                   "retrain_examples_seen": sum(m["examples_seen"] for m in markers)}
+  if "real" in out and "distilled" in out and out["distilled"]["mask_examples_seen"]:
+    real, dist = out["real"], out["distilled"]
+    out["real_over_distilled"] = {
+        "examples_seen": real["mask_examples_seen"] / dist["mask_examples_seen"],
+        "distinct_examples": real["mask_distinct_examples"] / dist["mask_distinct_examples"]}
+  return out
+
+
+def write_jsonl(path: str, rows: List[Dict[str, Any]]) -> None:
+  """Rewrites the whole file atomically, so a kill never leaves a torn or duplicated row."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def plot_accuracy_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for source in SOURCES:
+    mine = [r for r in rows if r["source"] == source]
+    if mine:
+      ax.plot([100 * r["sparsity"] for r in mine], [100 * r["test_accuracy"] for r in mine],
+              marker="o", label=source)
+  ax.set_xlabel("sparsity (% of prunable weights removed)")
+  ax.set_ylabel("test accuracy after retraining (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(title="mask source")
+  fig.tight_layout()
+  tmp = path[:-len(".png")] + ".tmp.png"
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _load_distilled(s: experiment.Setup, workdir: str) -> Dict[str, Any]:
+  """The distilled set as device arrays, checked against the real dataset."""
+  path = s.config.imp.distilled_path or layout.distilled_set(workdir)
+  images, labels, meta = synthetic.load(path)
+  synthetic.check_compatible(path, images, labels, meta, s.dataset)
+  images, labels = synthetic.decode_multiformation(jnp.asarray(images), jnp.asarray(labels),
+                                                   int(meta.get("factor", 1)))
+  return {"path": path, "images": images, "labels": labels, "num_images": int(images.shape[0])}
+
+
+def run_stage(s: experiment.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
+  """Runs IMP for every configured source; writes DIR/imp/imp.jsonl and the plot."""
+  c = s.config.imp
+  step = rewind_step(s.config, int(s.x_train.shape[0]))
+  distilled = _load_distilled(s, workdir) if _uses_distilled(c) else None
+  rewind = _ensure_rewind(s, workdir, step, log)
+  dense_cache = {}
+  markers_by_source = {source: _SourceRun(s, workdir, source, rewind, distilled, log,
+                                          dense_cache).run()
+                       for source in _ordered_sources(c)}
+  rows_by_source = {source: results_rows(m) for source, m in markers_by_source.items()}
+  rows = [r for source in rows_by_source for r in rows_by_source[source]]
+  write_jsonl(os.path.join(layout.imp_dir(workdir), RESULTS_FILE), rows)
+  plot_path = os.path.join(layout.imp_dir(workdir), PLOT_FILE)
+  plot_accuracy_vs_sparsity(rows, plot_path)
+  return {
+      "rewind_step": step, "rounds": c.rounds, "method": c.method,
+      "random_masks": (None if "random" not in c.sources else
+                       "per-layer counts of the real masks" if _random_reference(c) == "real"
+                       else f"{c.method} random pruning"),
+      "distilled_set": distilled["path"] if distilled else None,
+      "accuracy": {src: [[round(r["sparsity"], 4), r["test_accuracy"]] for r in rows_by_source[src]]
+                   for src in rows_by_source},
+      "data_cost": cost_summary(markers_by_source),
+      "results": os.path.join(layout.imp_dir(workdir), RESULTS_FILE), "plot": plot_path,
+  }
