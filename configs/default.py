@@ -6,6 +6,7 @@ Overrides: --config.train.epochs=3 --config.seeds.init=1
 """
 import ml_collections
 
+from configs.parts import analysis as analysis_part
 from configs.parts import imp as imp_part
 from configs.parts import parallel as parallel_part
 from configs.parts import sweep as sweep_part
@@ -62,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
       scope="all_kernels",  # all_kernels (paper, output layer included) | hidden_kernels | conv_kernels
   ))
   config.imp = imp_part.get_section()
+  config.analysis = analysis_part.get_section()
   config.parallel = parallel_part.get_section()
   config.sweep = sweep_part.get_section()
   config.eval_batch_size = 1000

@@ -186,6 +186,7 @@ STAGE_MODULES: Dict[str, str] = {
     "distill": "lmcjax.distill",
     "imp": "lmcjax.imp",
     "analysis": "lmcjax.analysis",
+    "report": "lmcjax.report",
 }
 STAGES = tuple(STAGE_MODULES)
 # The dense "train" stage.
@@ -243,7 +244,8 @@ def run_cached_stage(s: Setup, workdir: str, log: logs.MetricsLog, stage: str) -
   inputs_path, done_path = _stage_record_paths(workdir, stage)
   os.makedirs(os.path.dirname(inputs_path), exist_ok=True)
   previous = logs.read_json(inputs_path) if os.path.exists(inputs_path) else None
-  if previous == inputs and os.path.exists(done_path):
+  always = getattr(stage_module(stage), "ALWAYS_RUN", False)
+  if previous == inputs and os.path.exists(done_path) and not always:
     logging.info("stage %s: finished earlier with the same inputs; skipped", stage)
     return logs.read_json(done_path)["summary"]
   if previous is not None and previous != inputs:

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from lmcjax import validate
 
 NORMS = ("instance", "batch", "layer", "none")
+# Running statistics update as m * old + (1 - m) * batch (PyTorch's 0.1).
+BN_MOMENTUM = 0.9
 POOLS = ("avg", "max")
 
 
@@ -18,7 +20,7 @@ def make_norm(kind: str, train: bool) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """Normalisation layer by name. Instance norm is GroupNorm with one group per
   channel and layer norm GroupNorm with a single group, as in the DC code."""
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)
   if kind == "instance":
     return lambda x: nn.GroupNorm(num_groups=x.shape[-1], epsilon=1e-5)(x)
   if kind == "layer":

@@ -1,0 +1,117 @@
+"""Speed of the analysis' vmapped programs against their Python-loop equivalents.
+
+  python bench/bench_analysis.py [--epochs=3] [--repeats=2]
+
+LeNet-300-100 on MNIST-5k (4k train / 1k test), as the default experiment.
+Each line prints both wall times (compile excluded: every program is run
+once before timing) and their ratio, all measured in this one run:
+  interpolation: 31 alphas in one vmapped call vs a loop of per-alpha jitted evals;
+  hutchinson:    32 probes in vmapped chunks of 8 vs one probe per call;
+  landscape:     a 21x21 grid chunked-vmapped vs a jitted eval per point;
+  branches:      N = 2, 4 copies as one vmapped scan vs N sequential train_run calls.
+"""
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import landscape  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_integer("epochs", 3, "Training epochs of each branch copy.")
+flags.DEFINE_integer("repeats", 2, "Timed repeats; the best is reported.")
+FLAGS = flags.FLAGS
+
+
+def best_time(fn, repeats: int) -> float:
+  """Best wall time of fn() over repeats, after one untimed warm-up (compile)."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    tick = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - tick)
+  return min(times)
+
+
+def report(name: str, fast: float, slow: float, fast_name: str, slow_name: str) -> None:
+  print(f"{name:<28s} {fast_name} {fast:8.3f}s  {slow_name} {slow:8.3f}s  "
+        f"speedup x{slow / fast:6.2f}", flush=True)
+
+
+def bench_interpolation(s, a, b, repeats):
+  alphas = interpolate.default_alphas(31)
+  x, y = s.x_test, s.y_test
+  vmapped = lambda: interpolate.evaluate_path(s.model, a, b, alphas, x, y, alpha_chunk=8)["loss"]
+  evaluate = train.make_eval_fn(s.model, s.config.eval_batch_size)
+  one = jax.jit(lambda alpha: evaluate(interpolate.interpolate(a["params"], b["params"], alpha),
+                                       {}, x, y)["loss"])
+  loop = lambda: [float(one(jnp.float32(al))) for al in alphas]
+  report("interpolation 31 alphas", best_time(vmapped, repeats), best_time(loop, repeats),
+         "vmapped", "loop")
+
+
+def bench_hutchinson(s, a, repeats):
+  x, y = hessian.loss_batches(jax.random.PRNGKey(0), s.x_train, s.y_train, 500, 2)
+  key = jax.random.PRNGKey(1)
+  run = lambda chunk: lambda: hessian.hutchinson(s.model, a["params"], {}, x, y, key,
+                                                 max_probes=32, chunk=chunk, batch_size=500).trace
+  report("hutchinson 32 probes", best_time(run(8), repeats), best_time(run(1), repeats),
+         "chunks of 8", "sequential")
+
+
+def bench_landscape(s, a, repeats):
+  plane = landscape.random_plane(jax.random.PRNGKey(2), a["params"], 2)
+  axes = landscape.grid_axes(plane, 21)
+  x, y = s.x_test, s.y_test
+  grid = lambda: landscape.evaluate_grid(s.model, plane, axes, {}, x, y, chunk=32)["loss"]
+  evaluate = train.make_eval_fn(s.model, s.config.eval_batch_size)
+  one = jax.jit(lambda c: evaluate(landscape.point_params(plane, c), {}, x, y)["loss"])
+  points = [jnp.asarray([cx, cy]) for cy in axes[1] for cx in axes[0]]
+  loop = lambda: [float(one(c)) for c in points]
+  report("landscape 21x21", best_time(grid, repeats), best_time(loop, repeats),
+         "chunked vmap", "per point")
+
+
+def bench_branches(s, start, num, repeats):
+  spec = s.config.train
+  vmapped = lambda: branches.train_branches(s, spec, start["params"], {}, None, prefix=("bench",),
+                                            num_copies=num, chunk=num).params
+  sequential = lambda: [experiment.train_run(s, spec, start["params"], {}, None,
+                                             seed_path=p, stage="bench").state.params
+                        for p in branches.seed_paths(("bench",), num)]
+  report(f"branches N={num}", best_time(vmapped, repeats), best_time(sequential, repeats),
+         "vmapped", "sequential")
+
+
+def main(argv):
+  del argv
+  config = default.get_config()
+  config.train.epochs = FLAGS.epochs
+  config.log_every_steps = 0
+  s = experiment.setup(config)
+  print(f"devices: {jax.devices()}; LeNet-300-100, MNIST-5k; branches {FLAGS.epochs:g} epochs "
+        f"({train.total_steps(config.train, int(s.x_train.shape[0]))} steps)", flush=True)
+  start = {"params": s.init_params, "batch_stats": {}}
+  ends = [jax.tree.map(lambda p, k=k: p + 0.05 * jax.random.normal(jax.random.PRNGKey(k), p.shape),
+                       start) for k in (10, 11)]
+  bench_interpolation(s, ends[0], ends[1], FLAGS.repeats)
+  bench_hutchinson(s, ends[0], FLAGS.repeats)
+  bench_landscape(s, ends[0], FLAGS.repeats)
+  for num in (2, 4):
+    bench_branches(s, start, num, FLAGS.repeats)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,64 @@
+"""config.analysis: linear mode connectivity of IMP's subnetworks (lmcjax/analysis.py).
+
+For the dense net and each target mask, the stage trains num_branches copies
+from IMP's rewind point that differ only in SGD noise, then measures every
+pairwise interpolation barrier, a loss landscape plane, and the Hessian
+diagonal of the first copy. Defaults fit LeNet-300-100 on MNIST-5k on 2 CPU
+cores: about a minute per analysed model.
+"""
+import ml_collections
+
+
+def get_section() -> ml_collections.ConfigDict:
+  from configs import default  # pylint: disable=g-import-not-at-top  # default imports this module
+  return ml_collections.ConfigDict(dict(
+      # Where the copies start: IMP's rewind point ('rewind', the paper), or
+      # the config's init ('init'; no IMP stage needed, dense only).
+      start="rewind",
+      # 'source:round' masks from the IMP stage (e.g. 'real:4', 'distilled:4');
+      # () means the last round of every source IMP wrote.
+      targets=(),
+      include_dense=True,
+      num_branches=3,  # >= 3 for the three-point plane, >= 4 for the four-seed plane
+      branch_chunk=4,  # copies per vmapped training program (memory bound)
+      # True: copies train exactly like IMP's rounds (config.train), as in
+      # Frankle et al.'s instability analysis; False: with branch_train.
+      reuse_config_train=True,
+      branch_train=default.train_spec(),
+      # Interpolation: 31 alphas from 0 to 1 as in the seed paper's plots.
+      # alpha_min < 0 or alpha_max > 1 extrapolates (logged); barriers use [0, 1].
+      num_alphas=31,
+      alpha_min=0.0,
+      alpha_max=1.0,
+      alpha_chunk=8,  # models held at once per vmapped evaluation
+      eval_splits=("test", "train"),  # any of train | test | distilled
+      # BatchNorm models: interpolate the running statistics (seed paper)
+      # and/or recompute them on training batches at each alpha (BN reset).
+      bn_modes=("interpolate", "reset"),
+      bn_reset_batches=8,
+      bn_reset_batch_size=256,
+      distilled_path="",  # '' = the distill stage's DIR/distill/synthetic.npz
+      landscape=ml_collections.ConfigDict(dict(
+          # three_point | four_seed | random_1d | random_2d
+          kinds=("three_point", "random_2d"),
+          split="test",
+          resolution=21,
+          margin=0.25,  # of the solutions' span, around planes through solutions
+          span=1.0,  # +- this many direction lengths for random directions
+          chunk=32,
+          skip_bias_and_norm=True,  # Li et al.'s 'biasbn' option
+      )),
+      hessian=ml_collections.ConfigDict(dict(
+          enabled=True,
+          split="train",
+          batch_size=500,
+          num_batches=2,  # 0 = the whole split
+          max_probes=64,
+          probe_chunk=8,
+          tol=0.05,  # stop once the relative standard error is below this
+          power_iters=20,
+          power_tol=1e-3,
+          exact_max_params=2000,  # exact diagonal (one HVP per param) below this
+          hist_bins=50,
+      )),
+  ))

@@ -1,0 +1,320 @@
+"""The analysis stage: linear mode connectivity of the dense net and IMP's masks.
+
+For each analysed model (the dense net, then each target mask of the IMP
+stage) it trains config.analysis.num_branches SGD-noise copies from the
+rewind point, then writes under DIR/analysis/MODEL/:
+  interpolation_SPLIT_BN.json  every pairwise path and its barriers;
+  landscape_KIND.npz/.png      raw grid and contour plot;
+  hessian.json/.npz            Hutchinson diagonal summaries, trace, top eigenvalue;
+and, across models, DIR/analysis/{interpolation,barrier_vs_sparsity,
+hessian_hist}.png with their .json and summary.json.
+"""
+import os
+import re
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import logging
+import jax
+import numpy as np
+
+from lmcjax import branches as branches_lib
+from lmcjax import checkpoints
+from lmcjax import experiment
+from lmcjax import hessian
+from lmcjax import interpolate
+from lmcjax import landscape
+from lmcjax import logs
+from lmcjax import masks
+from lmcjax import plots
+from lmcjax import rng
+from lmcjax import synthetic
+from lmcjax import train
+from lmcjax import validate
+from lmcjax import workdir as layout
+
+PyTree = Any
+SPLITS = ("train", "test", "distilled")
+TARGET = re.compile(r"^([a-z_]+):(\d+)$")
+# Stage interface (experiment.STAGE_MODULES): the config sections read, the
+# stages whose outputs are read (rewind point, masks, distilled set), and the
+# outputs moved aside when the inputs change.
+CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "analysis")
+DEPENDS_ON = ("distill", "imp")
+OUTPUT_DIRS = lambda wd: (layout.analysis_dir(wd),)
+
+
+def check_config(config) -> None:
+  """Validates config.analysis before any compute."""
+  validate.require("analysis" in config, "the analysis stage needs config.analysis "
+                   "(configs/parts/analysis.py get_section())")
+  a = config.analysis
+  validate.choice("analysis.start", a.start, ("rewind", "init"))
+  for t in a.targets:
+    validate.require(bool(TARGET.match(str(t))),
+                     f"analysis.targets entry {t!r} is not 'source:round', e.g. 'real:4'")
+  validate.require(a.num_branches >= 2, f"analysis.num_branches must be >= 2, got {a.num_branches!r}")
+  validate.positive("analysis.branch_chunk", a.branch_chunk)
+  if not a.reuse_config_train:
+    train.check_spec(a.branch_train, "analysis.branch_train")
+  validate.require(a.num_alphas >= 2, f"analysis.num_alphas must be >= 2, got {a.num_alphas!r}")
+  validate.require(a.alpha_min <= 0.0 and a.alpha_max >= 1.0,
+                   f"analysis alphas [{a.alpha_min}, {a.alpha_max}] must cover [0, 1]")
+  validate.positive("analysis.alpha_chunk", a.alpha_chunk)
+  validate.require(len(a.eval_splits) > 0, "analysis.eval_splits is empty")
+  for split in a.eval_splits:
+    validate.choice("analysis.eval_splits entry", split, SPLITS)
+  validate.require(len(a.bn_modes) > 0, "analysis.bn_modes is empty")
+  for mode in a.bn_modes:
+    validate.choice("analysis.bn_modes entry", mode, interpolate.BN_MODES)
+  validate.positive("analysis.bn_reset_batches", a.bn_reset_batches)
+  validate.positive("analysis.bn_reset_batch_size", a.bn_reset_batch_size)
+  _check_landscape(a.landscape, a.num_branches)
+  _check_hessian(a.hessian)
+
+
+def _check_landscape(c, num_branches: int) -> None:
+  needs = {"three_point": 3, "four_seed": 4, "random_1d": 1, "random_2d": 1}
+  for kind in c.kinds:
+    validate.choice("analysis.landscape.kinds entry", kind, landscape.KINDS)
+    validate.require(num_branches >= needs[kind], f"analysis.landscape kind {kind!r} needs "
+                     f"num_branches >= {needs[kind]}, got {num_branches}")
+  validate.choice("analysis.landscape.split", c.split, SPLITS)
+  validate.require(c.resolution >= 2, f"analysis.landscape.resolution must be >= 2, got {c.resolution!r}")
+  validate.positive("analysis.landscape.chunk", c.chunk)
+  validate.non_negative("analysis.landscape.margin", c.margin)
+  validate.positive("analysis.landscape.span", c.span)
+
+
+def _check_hessian(c) -> None:
+  validate.choice("analysis.hessian.split", c.split, SPLITS)
+  validate.positive("analysis.hessian.batch_size", c.batch_size)
+  validate.non_negative("analysis.hessian.num_batches", c.num_batches)
+  validate.positive("analysis.hessian.max_probes", c.max_probes)
+  validate.positive("analysis.hessian.probe_chunk", c.probe_chunk)
+  validate.non_negative("analysis.hessian.tol", c.tol)
+  validate.positive("analysis.hessian.power_iters", c.power_iters)
+  validate.positive("analysis.hessian.hist_bins", c.hist_bins)
+
+
+def alphas(a) -> np.ndarray:
+  """num_alphas evenly spaced from alpha_min to alpha_max, plus 0 and 1 (barriers)."""
+  grid = interpolate.default_alphas(a.num_alphas, a.alpha_min, a.alpha_max)
+  return np.union1d(grid, np.asarray([0.0, 1.0], np.float32)).astype(np.float32)
+
+
+def _start_point(s, a, wd: str) -> PyTree:
+  like = {"params": s.init_params, "batch_stats": s.init_batch_stats}
+  if a.start == "init":
+    return like
+  path = layout.rewind_point(wd)
+  validate.require(checkpoints.exists(path), f"analysis.start='rewind' but there is no rewind "
+                   f"point at {path}: run the imp stage first or set analysis.start='init'")
+  return checkpoints.load_tree(path, like=like, what="rewind point")
+
+
+def _mask_rounds(wd: str, source: str) -> List[int]:
+  folder = os.path.join(layout.imp_dir(wd), source)
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  found = [int(m.group(1)) for m in map(re.compile(r"^round_(\d+)$").match, names) if m]
+  return [r for r in found if checkpoints.exists(layout.mask(wd, source, r))]
+
+
+def _discover_targets(wd: str) -> List[str]:
+  """'source:last_round' for every source with a pruned mask under DIR/imp."""
+  root = layout.imp_dir(wd)
+  sources = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  return [f"{src}:{max(rounds)}" for src in sources
+          for rounds in [_mask_rounds(wd, src)] if rounds and max(rounds) > 0]
+
+
+def _models(s, a, wd: str) -> List[Tuple[str, str, Optional[PyTree]]]:
+  """(name, source, mask) of every analysed model; the dense one has no mask."""
+  out = [("dense", "dense", None)] if a.include_dense else []
+  for target in (tuple(a.targets) or _discover_targets(wd)):
+    source, round_index = TARGET.match(target).groups()
+    path = layout.mask(wd, source, int(round_index))
+    validate.require(checkpoints.exists(path), f"analysis target {target!r}: no mask at {path}")
+    mask = checkpoints.load_tree(path, like=masks.ones_like(s.init_params), what="mask")
+    out.append((f"{source}_r{int(round_index):02d}", source, mask))
+  validate.require(bool(out), "analysis has nothing to analyse: include_dense is False and "
+                   "no targets were given or found under DIR/imp")
+  return out
+
+
+def _splits(s, a, wd: str) -> Dict[str, Tuple[Any, Any]]:
+  wanted = set(a.eval_splits) | {a.landscape.split, a.hessian.split}
+  out = {"train": (s.x_train, s.y_train), "test": (s.x_test, s.y_test)}
+  if "distilled" in wanted:
+    path = a.distilled_path or layout.distilled_set(wd)
+    images, labels, meta = synthetic.load(path)
+    synthetic.check_compatible(path, images, labels, meta, s.dataset)
+    images, labels = synthetic.decode_multiformation(images, labels, int(meta.get("factor", 1)))
+    out["distilled"] = (jax.numpy.asarray(images), jax.numpy.asarray(labels))
+  for name in wanted:
+    validate.require(out[name][0].shape[0] > 0, f"analysis split {name!r} is empty")
+  return out
+
+
+def _paths(s, a, stacked, mask, splits, out_dir: str) -> Dict[str, Any]:
+  """Pairwise interpolation on every split and BN mode; writes one JSON each."""
+  has_bn = bool(jax.tree.leaves(s.init_batch_stats))
+  modes = tuple(a.bn_modes) if has_bn else ("interpolate",)
+  bn_images = None
+  if has_bn and "reset" in modes:
+    bn_images = interpolate.bn_batches(s.x_train, a.bn_reset_batch_size, a.bn_reset_batches,
+                                       rng.named_key(s.config.seeds.data_order, "analysis", "bn"))
+  out = {}
+  for split in a.eval_splits:
+    for mode in modes:
+      result = interpolate.pairwise(s.model, stacked, alphas(a), *splits[split], mask=mask,
+                                    bn_mode=mode, bn_images=bn_images,
+                                    eval_batch_size=s.config.eval_batch_size,
+                                    alpha_chunk=a.alpha_chunk)
+      logs.write_json(os.path.join(out_dir, f"interpolation_{split}_{mode}.json"), result)
+      out[f"{split}/{mode}"] = result
+  return out
+
+
+def _landscapes(s, a, name: str, stacked, mask, splits, out_dir: str) -> Dict[str, Any]:
+  c = a.landscape
+  params = [interpolate.take(stacked["params"], i) for i in range(a.num_branches)]
+  stats0 = interpolate.take(stacked["batch_stats"], 0)
+  key = rng.named_key(s.config.seeds.init, "analysis", name, "landscape")
+  out = {}
+  for kind in c.kinds:
+    if kind == "three_point":
+      plane = landscape.three_point_plane(*params[:3])
+    elif kind == "four_seed":
+      plane = landscape.four_seed_plane(*params[:4])
+    else:
+      plane = landscape.random_plane(key, params[0], 1 if kind == "random_1d" else 2, mask,
+                                     c.skip_bias_and_norm)
+    grid = landscape.evaluate_grid(
+        s.model, plane, landscape.grid_axes(plane, c.resolution, c.margin, c.span), stats0,
+        *splits[c.split], mask=mask, chunk=c.chunk, eval_batch_size=s.config.eval_batch_size)
+    stem = os.path.join(out_dir, f"landscape_{kind}")
+    landscape.save_grid(stem + ".npz", grid, kind)
+    plots.plot_landscape(stem, grid, "error", f"{name} {kind} ({c.split} error)")
+    out[kind] = {"npz": stem + ".npz", "png": stem + ".png",
+                 "min_error": float(grid["error"].min()), "max_error": float(grid["error"].max())}
+  return out
+
+
+def _hessian(s, a, name: str, stacked, mask, splits, out_dir: str) -> Tuple[Dict[str, Any], np.ndarray]:
+  c = a.hessian
+  params = interpolate.take(stacked["params"], 0)
+  stats = interpolate.take(stacked["batch_stats"], 0)
+  images, labels = hessian.loss_batches(
+      rng.named_key(s.config.seeds.data_order, "analysis", "hessian"), *splits[c.split],
+      c.batch_size, c.num_batches)
+  key = rng.named_key(s.config.seeds.init, "analysis", name, "hessian")
+  common = dict(mask=mask, batch_size=c.batch_size)
+  est = hessian.hutchinson(s.model, params, stats, images, labels, key, max_probes=c.max_probes,
+                           chunk=c.probe_chunk, tol=c.tol, **common)
+  top = hessian.top_eigenvalue(s.model, params, stats, images, labels, jax.random.fold_in(key, 1),
+                               iters=c.power_iters, tol=c.power_tol, **common)
+  result = {"split": c.split, "num_examples": int(images.shape[0]), "num_probes": est.num_probes,
+            "converged": est.converged, "relative_stderr": est.relative_stderr,
+            "trace": est.trace, "trace_stderr": est.trace_stderr, "top_eigenvalue": top,
+            "layers": hessian.layer_summaries(est.diagonal, mask, c.hist_bins)}
+  arrays = {"diagonal/" + k: v for k, v in _flat_named(est.diagonal).items()}
+  arrays.update({"stderr/" + k: v for k, v in _flat_named(est.stderr).items()})
+  if sum(np.size(x) for x in jax.tree.leaves(params)) <= c.exact_max_params:
+    exact = hessian.exact_diagonal(s.model, params, stats, images, labels, **common,
+                                   max_params=c.exact_max_params)
+    arrays.update({"exact/" + k: v for k, v in _flat_named(exact).items()})
+    got, want = hessian.kept_values(est.diagonal, mask), hessian.kept_values(exact, mask)
+    result["relative_error_vs_exact"] = float(np.linalg.norm(got - want) /
+                                              max(np.linalg.norm(want), 1e-30))
+  np.savez(os.path.join(out_dir, "hessian.npz"), **arrays)
+  logs.write_json(os.path.join(out_dir, "hessian.json"), result)
+  return result, hessian.kept_values(est.diagonal, mask)
+
+
+def _flat_named(tree: PyTree) -> Dict[str, np.ndarray]:
+  return {masks.path_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def analyse_model(s, a, name: str, mask, start: PyTree, spec, splits, out_dir: str,
+                  log: logs.MetricsLog) -> Tuple[Dict[str, Any], Dict[str, Any], np.ndarray]:
+  """Branches, pairwise paths, landscapes and Hessian of one model."""
+  os.makedirs(out_dir, exist_ok=True)
+  timings, tick = {}, time.perf_counter()
+  copies = branches_lib.train_branches(s, spec, start["params"], start["batch_stats"], mask,
+                                       prefix=("analysis", name), num_copies=a.num_branches,
+                                       chunk=a.branch_chunk)
+  stacked = copies.ends()
+  jax.block_until_ready(stacked)
+  timings["branches_s"] = time.perf_counter() - tick
+  tick = time.perf_counter()
+  paths = _paths(s, a, stacked, mask, splits, out_dir)
+  timings["interpolation_s"] = time.perf_counter() - tick
+  tick = time.perf_counter()
+  lands = _landscapes(s, a, name, stacked, mask, splits, out_dir)
+  timings["landscape_s"] = time.perf_counter() - tick
+  tick = time.perf_counter()
+  curvature, diag_values = (_hessian(s, a, name, stacked, mask, splits, out_dir)
+                            if a.hessian.enabled else ({}, np.zeros(0)))
+  timings["hessian_s"] = time.perf_counter() - tick
+  test_error = [1.0 - experiment.evaluate(s, interpolate.take(stacked["params"], i),
+                                          interpolate.take(stacked["batch_stats"], i))["accuracy"]
+                for i in range(a.num_branches)]
+  summary = {"sparsity": masks.sparsity(mask, s.prunable) if mask is not None else 0.0,
+             "branch_final_train_loss": copies.final_loss.tolist(), "branch_cost": copies.cost,
+             "barriers": {k: v["summary"] for k, v in paths.items()},
+             "branch_test_error": test_error, "landscape": lands,
+             "hessian": {k: v for k, v in curvature.items() if k != "layers"},
+             "timings": timings}
+  log.write("analysis", 0, {"model": name, **{f"{k}/error_barrier_mean": v["error_barrier_mean"]
+                                              for k, v in summary["barriers"].items()},
+                            **timings})
+  logs.write_json(os.path.join(out_dir, "summary.json"), summary)
+  return summary, paths, diag_values
+
+
+def _figures(a, results, out_dir: str) -> Dict[str, str]:
+  """The cross-model figures, each with its numbers beside it.
+
+  Curves and barriers come from the first eval split and BN mode.
+  """
+  first = lambda paths: next(iter(paths))
+  curves = [{"label": plots.curve_label(name, (p["i"], p["j"]), *first(paths).split("/")),
+             "alphas": p["alphas"], "error": p["error"], "loss": p["loss"]}
+            for name, (_, paths, _) in results.items() for p in paths[first(paths)]["pairs"]]
+  files = {"interpolation": plots.plot_interpolation(os.path.join(out_dir, "interpolation"), curves)}
+  row = lambda r: {"sparsity": r[0]["sparsity"], **r[0]["barriers"][first(r[1])]}
+  series: Dict[str, List[Dict[str, float]]] = {}
+  for name, result in results.items():
+    if name != "dense":
+      dense = [row(results["dense"])] if "dense" in results else []
+      series.setdefault(name.rsplit("_r", 1)[0], dense).append(row(result))
+  if series:
+    files["barrier_vs_sparsity"] = plots.plot_barrier_vs_sparsity(
+        os.path.join(out_dir, "barrier_vs_sparsity"), series)
+  if a.hessian.enabled:
+    files["hessian_hist"] = plots.plot_hessian_histograms(
+        os.path.join(out_dir, "hessian_hist"), {n: r[2] for n, r in results.items()},
+        a.hessian.hist_bins)
+  return files
+
+
+def run_stage(s, wd: str, log: logs.MetricsLog) -> Dict[str, Any]:
+  """Analyses the dense net and every target mask; returns a JSON-able summary."""
+  a = s.config.analysis
+  check_config(s.config)
+  out_dir = layout.analysis_dir(wd)
+  os.makedirs(out_dir, exist_ok=True)
+  start = _start_point(s, a, wd)
+  models = _models(s, a, wd)
+  splits = _splits(s, a, wd)
+  spec = s.config.train if a.reuse_config_train else a.branch_train
+  logging.info("analysis: %s with %d branches each", [m[0] for m in models], a.num_branches)
+  results = {}
+  for name, _, mask in models:
+    results[name] = analyse_model(s, a, name, mask, start, spec, splits,
+                                  os.path.join(out_dir, name), log)
+  summary = {"models": {name: r[0] for name, r in results.items()},
+             "figures": _figures(a, results, out_dir), "num_alphas": int(alphas(a).size)}
+  logs.write_json(os.path.join(out_dir, "summary.json"), summary)
+  return summary

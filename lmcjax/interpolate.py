@@ -1,0 +1,213 @@
+"""Linear interpolation between two solutions, evaluated vmapped over alphas.
+
+theta(alpha) = (1 - alpha) theta_a + alpha theta_b. A whole vector of alphas
+is evaluated by one jitted program that vmaps over a chunk of alphas and
+lax.maps over the chunks, so memory is `alpha_chunk` parameter copies.
+
+Barriers:
+  error_barrier: max_alpha err(alpha) - (err(0) + err(1)) / 2, the
+    instability of Frankle et al. (2020); the max runs over alphas in [0, 1].
+  loss_barrier: the same for the loss.
+  loss_barrier_chord: max_alpha loss(alpha) - ((1 - alpha) loss(0) + alpha
+    loss(1)) (Entezari et al. 2022); <= 0 (up to rounding) for a convex loss.
+
+BatchNorm models get two paths: 'interpolate' lerps the running statistics
+as the seed paper did; 'reset' recomputes them on training batches at each
+alpha, since interpolated weights make the interpolated statistics stale.
+"""
+import functools
+import itertools
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmcjax import masks
+from lmcjax import models
+from lmcjax import train
+from lmcjax import validate
+
+PyTree = Any
+BN_MODES = ("interpolate", "reset")
+
+
+def chunked_vmap(fn: Callable, xs: PyTree, chunk: int) -> PyTree:
+  """fn vmapped over the leading axis of xs, `chunk` rows at a time (lax.map).
+
+  Use under jit. The rows are padded with copies of the last row to whole
+  chunks and the padding is dropped, so any count works with one compile.
+  """
+  validate.positive("chunk size", chunk)
+  n = jax.tree.leaves(xs)[0].shape[0]
+  validate.require(n > 0, "nothing to evaluate: zero points")
+  chunk = min(chunk, n)
+  pad = (-n) % chunk
+  pad_rows = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
+  blocks = jax.tree.map(lambda a: pad_rows(a).reshape((-1, chunk) + a.shape[1:]), xs)
+  out = jax.lax.map(jax.vmap(fn), blocks)
+  return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
+
+
+def interpolate(a: PyTree, b: PyTree, alpha, mask: Optional[PyTree] = None) -> PyTree:
+  """(1 - alpha) a + alpha b, times the mask.
+
+  This form (not a + alpha (b - a)) returns a at alpha 0 and b at alpha 1
+  bit-exactly. The mask makes pruned weights exactly zero even if an
+  endpoint was not masked.
+  """
+  out = jax.tree.map(lambda x, y: (1 - alpha) * x + alpha * y, a, b)
+  return out if mask is None else masks.apply(out, mask)
+
+
+def check_endpoints(end_a: PyTree, end_b: PyTree, mask: Optional[PyTree] = None) -> None:
+  """One-line errors when the two endpoints (or the mask) do not share a tree."""
+  masks.check_matches(end_b, end_a, what="interpolation endpoint b")
+  if mask is not None:
+    masks.check_matches(mask, end_a["params"], what="interpolation mask")
+
+
+def check_alphas(alphas) -> np.ndarray:
+  """Validates alphas; logs a line when some extrapolate beyond [0, 1]."""
+  alphas = np.asarray(alphas, np.float32)
+  validate.require(alphas.ndim == 1 and alphas.size > 0,
+                   f"alphas must be a non-empty vector, got shape {alphas.shape}")
+  validate.require(bool(np.all(np.isfinite(alphas))), f"alphas must be finite, got {alphas}")
+  outside = alphas[(alphas < 0) | (alphas > 1)]
+  if outside.size:
+    logging.info("interpolation extrapolates beyond [0, 1] at alphas %s", outside.tolist())
+  return alphas
+
+
+def batch_statistics(model, params: PyTree, stats_like: PyTree, bn_images) -> PyTree:
+  """BatchNorm population statistics of `params` on bn_images (K, B, ...).
+
+  Each batch's moments come from a train-mode pass from zero running
+  statistics: flax's update m*old + (1-m)*batch then gives (1-m)*batch. The
+  K batch moments are averaged (PyTorch's cumulative average, momentum=None).
+  """
+  zeros = jax.tree.map(jnp.zeros_like, stats_like)
+  from_zeros = lambda x: train.forward(model, params, zeros, x, train=True)[1]
+  scaled = jax.tree.map(lambda s: jnp.mean(s, axis=0), jax.lax.map(from_zeros, bn_images))
+  return jax.tree.map(lambda s: s / (1 - models.BN_MOMENTUM), scaled)
+
+
+@functools.lru_cache(maxsize=16)
+def _path_program(model, eval_batch_size: int, alpha_chunk: int, reset_bn: bool):
+  """Jitted (end_a, end_b, mask, alphas, images, labels, bn_images) -> metrics per alpha."""
+  evaluate = train.make_eval_fn(model, eval_batch_size)
+
+  def program(end_a, end_b, mask, alphas, images, labels, bn_images):
+    def at_alpha(alpha):
+      params = interpolate(end_a["params"], end_b["params"], alpha, mask)
+      if reset_bn:
+        stats = batch_statistics(model, params, end_a["batch_stats"], bn_images)
+      else:
+        stats = interpolate(end_a["batch_stats"], end_b["batch_stats"], alpha)
+      return evaluate(params, stats, images, labels)
+
+    return chunked_vmap(at_alpha, alphas, alpha_chunk)
+
+  return jax.jit(program)
+
+
+def _at(values: np.ndarray, alphas: np.ndarray, target: float) -> float:
+  hit = np.flatnonzero(alphas == target)
+  validate.require(hit.size > 0, f"barriers need alpha {target} among the alphas, got {alphas.tolist()}")
+  return float(values[hit[0]])
+
+
+def barriers(alphas, loss, error) -> Dict[str, float]:
+  """error_barrier, loss_barrier (max minus endpoint mean) and loss_barrier_chord."""
+  alphas, loss, error = (np.asarray(v, np.float64) for v in (alphas, loss, error))
+  inside = (alphas >= 0) & (alphas <= 1)
+  ends = {name: (_at(v, alphas, 0.0), _at(v, alphas, 1.0))
+          for name, v in (("loss", loss), ("error", error))}
+  chord = (1 - alphas) * ends["loss"][0] + alphas * ends["loss"][1]
+  return {"error_barrier": float(np.max(error[inside]) - np.mean(ends["error"])),
+          "loss_barrier": float(np.max(loss[inside]) - np.mean(ends["loss"])),
+          "loss_barrier_chord": float(np.max((loss - chord)[inside]))}
+
+
+def default_alphas(num: int = 31, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+  """`num` evenly spaced alphas from low to high, endpoints included."""
+  validate.require(num >= 2, f"num_alphas must be >= 2 (the two endpoints), got {num!r}")
+  return np.linspace(low, high, num, dtype=np.float32)
+
+
+def evaluate_path(model, end_a: PyTree, end_b: PyTree, alphas, images, labels, *,
+                  mask: Optional[PyTree] = None, bn_mode: str = "interpolate", bn_images=None,
+                  eval_batch_size: int = 1000, alpha_chunk: int = 8) -> Dict[str, Any]:
+  """Loss and error along the path from end_a to end_b, and its barriers.
+
+  Args:
+    end_a, end_b: {'params', 'batch_stats'} trees of one model.
+    alphas: vector of interpolation coefficients; 0 and 1 must be among them.
+    images, labels: the evaluation split (train, test or a distilled set).
+    mask: pruned weights are zero at every alpha.
+    bn_mode: 'interpolate' the running statistics or 'reset' them on bn_images.
+    bn_images: (K, B, H, W, C) training batches for bn_mode='reset'.
+  Returns:
+    JSON-ready dict: alphas, loss, error, accuracy lists and the barriers.
+  """
+  check_endpoints(end_a, end_b, mask)
+  alphas = check_alphas(alphas)
+  validate.positive("alpha_chunk", alpha_chunk)
+  validate.positive("eval_batch_size", eval_batch_size)
+  validate.require(images.shape[0] > 0, "cannot evaluate the interpolation on an empty split")
+  validate.choice("bn_mode", bn_mode, BN_MODES)
+  reset = bn_mode == "reset" and bool(jax.tree.leaves(end_a["batch_stats"]))
+  if reset:
+    validate.require(bn_images is not None and bn_images.shape[0] > 0 and bn_images.shape[1] > 0,
+                     "bn_mode='reset' needs a non-empty (K, B, ...) array of training batches")
+  program = _path_program(model, eval_batch_size, alpha_chunk, reset)
+  out = jax.device_get(program(end_a, end_b, mask, jnp.asarray(alphas), images, labels,
+                               bn_images if reset else None))
+  loss, accuracy = np.asarray(out["loss"], np.float64), np.asarray(out["accuracy"], np.float64)
+  error = 1.0 - accuracy
+  return {"alphas": alphas.tolist(), "loss": loss.tolist(), "error": error.tolist(),
+          "accuracy": accuracy.tolist(), "bn_mode": bn_mode if reset else "interpolate",
+          **barriers(alphas, loss, error)}
+
+
+def take(stacked: PyTree, i: int) -> PyTree:
+  """Copy i of a tree whose leaves have a leading copy axis."""
+  return jax.tree.map(lambda a: a[i], stacked)
+
+
+def pairwise(model, stacked_ends: PyTree, alphas, images, labels, **kwargs) -> Dict[str, Any]:
+  """evaluate_path for every pair i < j of the copies stacked on axis 0.
+
+  Returns {'pairs': [{i, j, **path}], 'summary': mean/max/std of each barrier}.
+  """
+  num = jax.tree.leaves(stacked_ends)[0].shape[0]
+  validate.require(num >= 2, f"pairwise barriers need >= 2 copies, got {num}")
+  pairs = []
+  for i, j in itertools.combinations(range(num), 2):
+    path = evaluate_path(model, take(stacked_ends, i), take(stacked_ends, j), alphas,
+                         images, labels, **kwargs)
+    pairs.append({"i": i, "j": j, **path})
+  return {"pairs": pairs, "summary": summarise(pairs)}
+
+
+def summarise(pairs: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+  out = {}
+  for name in ("error_barrier", "loss_barrier", "loss_barrier_chord"):
+    values = np.asarray([p[name] for p in pairs])
+    out.update({f"{name}_mean": float(values.mean()), f"{name}_max": float(values.max()),
+                f"{name}_std": float(values.std())})
+  return out
+
+
+def bn_batches(images, batch_size: int, num_batches: int, key) -> jnp.ndarray:
+  """(K, B, ...) training batches for the BN reset, drawn without replacement."""
+  validate.positive("bn_reset_batch_size", batch_size)
+  validate.positive("bn_reset_batches", num_batches)
+  n = images.shape[0]
+  validate.require(n > 0, "cannot recompute BatchNorm statistics on an empty split")
+  batch_size = min(batch_size, n)
+  num_batches = min(num_batches, n // batch_size)
+  idx = jax.random.permutation(key, n)[:num_batches * batch_size]
+  return images[idx].reshape((num_batches, batch_size) + images.shape[1:])
+

@@ -1,0 +1,112 @@
+"""PNG figures of the analysis, each saved beside the numbers that draw it.
+
+Every `plot_*(stem, ...)` writes STEM.png and STEM.json (or STEM.npz for
+grids), so a figure can be redrawn or checked without recomputing anything.
+"""
+import os
+from typing import Any, Dict, List, Sequence
+
+import matplotlib
+matplotlib.use("Agg")  # no display on CPU hosts and in tests
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _save(fig, stem: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(stem + ".png", dpi=110)
+  plt.close(fig)
+  return stem + ".png"
+
+
+def plot_interpolation(stem: str, curves: List[Dict[str, Any]], metric: str = "error") -> str:
+  """Several interpolation curves in one figure.
+
+  curves: [{'label', 'alphas', metric}] (pairs, sparsities, splits).
+  """
+  logs.write_json(stem + ".json", {"metric": metric, "curves": curves})
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for c in curves:
+    ax.plot(c["alphas"], np.asarray(c[metric]) * (100 if metric == "error" else 1),
+            label=c["label"], lw=1.2)
+  ax.set_xlabel("interpolation coefficient alpha")
+  ax.set_ylabel("error (%)" if metric == "error" else metric)
+  ax.legend(fontsize=6, ncol=2)
+  return _save(fig, stem)
+
+
+def plot_barrier_vs_sparsity(stem: str, series: Dict[str, List[Dict[str, float]]],
+                             metric: str = "error_barrier_mean") -> str:
+  """Barrier against sparsity, one line per mask source.
+
+  series: {source: [{'sparsity', metric, ...}]}; the dense net is sparsity 0.
+  """
+  logs.write_json(stem + ".json", {"metric": metric, "series": series})
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for source, rows in sorted(series.items()):
+    rows = sorted(rows, key=lambda r: r["sparsity"])
+    ax.plot([100 * r["sparsity"] for r in rows], [100 * r[metric] for r in rows], "o-",
+            label=source)
+  ax.set_xlabel("sparsity (%)")
+  ax.set_ylabel(f"{metric} (%)")
+  ax.axhline(0, color="grey", lw=0.5)
+  ax.legend()
+  return _save(fig, stem)
+
+
+def plot_hessian_histograms(stem: str, values: Dict[str, np.ndarray], bins: int = 50) -> str:
+  """Histograms of the Hessian diagonal (unpruned entries), one per model.
+
+  The x axis is symlog: diagonals span orders of magnitude around zero.
+  """
+  all_values = np.concatenate([np.asarray(v) for v in values.values()])
+  limit = max(float(np.max(np.abs(all_values))) if all_values.size else 1.0, 1e-12)
+  edges = np.concatenate([-np.geomspace(limit, limit * 1e-6, bins // 2),
+                          np.geomspace(limit * 1e-6, limit, bins // 2)])
+  hist = {name: np.histogram(v, bins=edges)[0].tolist() for name, v in values.items()}
+  logs.write_json(stem + ".json", {"edges": edges.tolist(), "counts": hist,
+                                   "num_entries": {k: int(np.size(v)) for k, v in values.items()}})
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, counts in hist.items():
+    ax.stairs(counts, edges, label=name)
+  ax.set_xscale("symlog", linthresh=limit * 1e-6)
+  ax.tick_params(axis="x", labelsize=6, rotation=45)
+  ax.set_yscale("log")
+  ax.set_xlabel("Hessian diagonal entry")
+  ax.set_ylabel("count")
+  ax.legend(fontsize=7)
+  return _save(fig, stem)
+
+
+def plot_landscape(stem: str, grid: Dict[str, np.ndarray], metric: str = "error",
+                   title: str = "") -> str:
+  """Contours of a 2-D grid (or a curve for 1-D) with the solutions marked.
+
+  The grid itself is expected at STEM.npz (landscape.save_grid).
+  """
+  z = np.asarray(grid[metric]) * (100 if metric == "error" else 1)
+  fig, ax = plt.subplots(figsize=(5, 4))
+  names, coords = list(grid["point_names"]), np.asarray(grid["point_coords"])
+  if z.ndim == 1:
+    ax.plot(grid["axis0"], z)
+    ax.set_xlabel("direction 0")
+    ax.set_ylabel(metric)
+  else:
+    filled = ax.contourf(grid["axis0"], grid["axis1"], z, levels=20, cmap="viridis")
+    fig.colorbar(filled, ax=ax, label=f"{metric}{' (%)' if metric == 'error' else ''}")
+    for name, (cx, cy) in zip(names, coords):
+      ax.plot(cx, cy, "w*", ms=10, mec="k")
+      ax.annotate(str(name), (cx, cy), textcoords="offset points", xytext=(4, 4), color="w",
+                  fontsize=8)
+    ax.set_xlabel("direction 0")
+    ax.set_ylabel("direction 1")
+  ax.set_title(title, fontsize=9)
+  return _save(fig, stem)
+
+
+def curve_label(model: str, pair: Sequence[int], split: str, bn_mode: str) -> str:
+  bn = "" if bn_mode == "interpolate" else f" bn-{bn_mode}"
+  return f"{model} {pair[0]}-{pair[1]} {split}{bn}"

@@ -1,0 +1,136 @@
+"""The analysis stage end to end on a tiny config, from files it writes itself."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from configs.parts import analysis as analysis_part
+from lmcjax import analysis
+from lmcjax import checkpoints
+from lmcjax import experiment
+from lmcjax import logs
+from lmcjax import masks
+from lmcjax import rng
+from lmcjax import synthetic
+from lmcjax import validate
+from lmcjax import workdir as layout
+
+
+def _config():
+  """sklearn digits, a 16-unit MLP, 1-epoch branches, small grids and probe counts."""
+  c = default.get_config()
+  c.stages = ("analysis",)
+  c.data.name = "digits"
+  c.model.name, c.model.hidden = "mlp", (16,)
+  c.train = default.train_spec(epochs=1)
+  c.log_every_steps = 0
+  c.analysis = analysis_part.get_section()
+  a = c.analysis
+  a.num_branches, a.branch_chunk = 3, 2
+  a.num_alphas, a.alpha_chunk = 5, 4
+  a.eval_splits = ("test", "distilled")
+  a.landscape.kinds, a.landscape.resolution = ("three_point", "random_1d"), 5
+  a.hessian.update(batch_size=100, num_batches=1, max_probes=8, probe_chunk=4, power_iters=5,
+                   exact_max_params=2000)
+  return c
+
+
+def _write_imp_outputs(config, wd):
+  """What the IMP and distill stages would leave: rewind point, two masks, a distilled set."""
+  dataset_model = experiment.setup(config)
+  params, stats = dataset_model.init_params, dataset_model.init_batch_stats
+  checkpoints.save_tree(layout.rewind_point(wd), {"params": params, "batch_stats": stats})
+  for source, round_index, keep in (("real", 1, 0.8), ("random", 2, 0.64)):
+    key = rng.named_key(0, "test", source)
+    mask = jax.tree.map(
+        lambda p, prunable: (jax.random.uniform(key, p.shape) < keep).astype(p.dtype)
+        if prunable else jnp.ones_like(p), params, dataset_model.prunable)
+    checkpoints.save_tree(layout.mask(wd, source, round_index), mask)
+  ds = dataset_model.dataset
+  images = ds.normalise(ds.x_train[:30])
+  synthetic.save(layout.distilled_set(wd), images, np.arange(30) % 10,
+                 {"method": "test", "ipc": 3, "dataset": ds.name, "mean": ds.mean, "std": ds.std,
+                  "factor": 1})
+  return dataset_model
+
+
+def test_stage_writes_barriers_landscapes_hessian_and_plots(tmp_path):
+  config = _config()
+  wd = str(tmp_path)
+  s = _write_imp_outputs(config, wd)
+  summary = experiment.run(config, wd)["analysis"]
+  assert set(summary["models"]) == {"dense", "real_r01", "random_r02"}
+  real = summary["models"]["real_r01"]
+  assert abs(real["sparsity"] - 0.2) < 0.05
+  for model in summary["models"].values():
+    assert set(model["barriers"]) == {"test/interpolate", "distilled/interpolate"}
+    assert np.isfinite(model["barriers"]["test/interpolate"]["error_barrier_mean"])
+    assert model["hessian"]["num_probes"] == 8
+    assert model["hessian"]["relative_error_vs_exact"] >= 0
+  out = layout.analysis_dir(wd)
+  paths = logs.read_json(os.path.join(out, "real_r01", "interpolation_test_interpolate.json"))
+  assert [(p["i"], p["j"]) for p in paths["pairs"]] == [(0, 1), (0, 2), (1, 2)]
+  assert len(paths["pairs"][0]["alphas"]) == 5
+  grid = np.load(os.path.join(out, "real_r01", "landscape_three_point.npz"))
+  assert grid["loss"].shape == (5, 5) and list(grid["point_names"]) == ["theta0", "theta1", "theta2"]
+  for name in ("interpolation", "barrier_vs_sparsity", "hessian_hist"):
+    assert os.path.getsize(os.path.join(out, name + ".png")) > 0
+    assert os.path.exists(os.path.join(out, name + ".json"))
+  series = logs.read_json(os.path.join(out, "barrier_vs_sparsity.json"))["series"]
+  assert set(series) == {"real", "random"} and len(series["real"]) == 2  # dense + round 1
+  diag = np.load(os.path.join(out, "real_r01", "hessian.npz"))
+  mask = checkpoints.load_tree(layout.mask(wd, "real", 1), like=masks.ones_like(s.init_params))
+  pruned = np.asarray(mask["Dense_0"]["kernel"]) == 0
+  assert np.all(diag["diagonal/Dense_0/kernel"][pruned] == 0.0)
+
+
+def test_a_rerun_is_bit_identical(tmp_path):
+  config = _config()
+  config.analysis.hessian.enabled = False
+  config.analysis.landscape.kinds = ()
+  config.analysis.eval_splits = ("test",)
+  runs = []
+  for name in ("a", "b"):
+    wd = str(tmp_path / name)
+    _write_imp_outputs(config, wd)
+    experiment.run(config, wd)
+    runs.append(logs.read_json(os.path.join(layout.analysis_dir(wd), "dense",
+                                            "interpolation_test_interpolate.json")))
+  assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("path,value,match", [
+    ("num_branches", 1, "num_branches must be >= 2"),
+    ("alpha_chunk", 0, "alpha_chunk must be > 0"),
+    ("hessian.max_probes", 0, "max_probes must be > 0"),
+    ("hessian.probe_chunk", 0, "probe_chunk must be > 0"),
+    ("landscape.chunk", 0, "landscape.chunk must be > 0"),
+    ("landscape.kinds", ("four_seed",), "num_branches >= 4"),
+    ("targets", ("real4",), "not 'source:round'"),
+    ("eval_splits", ("val",), "eval_splits entry"),
+    ("alpha_max", 0.5, "must cover"),
+])
+def test_bad_config_is_a_clear_error_before_compute(path, value, match):
+  config = _config()
+  *parents, leaf = path.split(".")
+  section = config.analysis
+  for p in parents:
+    section = section[p]
+  section[leaf] = value
+  with pytest.raises(validate.InputError, match=match):
+    experiment.check_config(config)
+
+
+def test_missing_rewind_point_and_mask_are_clear_errors(tmp_path):
+  config = _config()
+  s = experiment.setup(config)
+  log = logs.MetricsLog(str(tmp_path))
+  with pytest.raises(validate.InputError, match="no rewind point"):
+    analysis.run_stage(s, str(tmp_path), log)
+  config.analysis.start = "init"
+  config.analysis.targets = ("real:3",)
+  with pytest.raises(validate.InputError, match="no mask at"):
+    analysis.run_stage(s, str(tmp_path), log)

@@ -1,0 +1,122 @@
+"""HVPs, the Hutchinson diagonal against the exact one, power iteration, summaries."""
+import jax
+from jax.flatten_util import ravel_pytree
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmcjax import hessian
+from lmcjax import masks
+from lmcjax import models
+from lmcjax import train
+from lmcjax import validate
+
+SHAPE = (3, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A 9-4-3 MLP (55 params) at a random point, and its data."""
+  model = models.MLP(3, (4,))
+  params, _ = train.init_variables(model, jax.random.PRNGKey(0), SHAPE)
+  x = jax.random.normal(jax.random.PRNGKey(1), (40,) + SHAPE)
+  y = jnp.arange(40, dtype=jnp.int32) % 3
+  return model, params, x, y
+
+
+def _full_hessian(model, params, x, y):
+  flat, unravel = ravel_pytree(params)
+  loss = hessian.make_loss(model, {}, x, y, 16)
+  return np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat), np.float64)
+
+
+@pytest.mark.parametrize("hidden", [(), (4,)])
+def test_hvp_matches_finite_differences(tiny, hidden):
+  # Central differences of the gradient in float64, with a step small enough
+  # that no ReLU pre-activation crosses its kink (the Hessian jumps there).
+  _, _, x, y = tiny
+  model = models.MLP(3, hidden)
+  with jax.enable_x64(True):
+    params, _ = train.init_variables(model, jax.random.PRNGKey(0), SHAPE)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    x = x.astype(jnp.float64)
+    loss = hessian.make_loss(model, {}, x, y, 16)
+    v = hessian.rademacher(jax.random.PRNGKey(2), params)
+    got = ravel_pytree(hessian.hvp(loss, params, v))[0]
+    eps = 1e-6
+    shifted = lambda s: ravel_pytree(jax.grad(loss)(
+        jax.tree.map(lambda p, d: p + s * eps * d, params, v)))[0]
+    want = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def test_exact_diagonal_is_the_hessian_diagonal(tiny):
+  model, params, x, y = tiny
+  exact = hessian.exact_diagonal(model, params, {}, x, y, chunk=8, batch_size=16)
+  want = np.diag(_full_hessian(model, params, x, y))
+  np.testing.assert_allclose(ravel_pytree(exact)[0], want, rtol=1e-4, atol=1e-6)
+
+
+def test_hutchinson_converges_to_the_exact_diagonal(tiny):
+  model, params, x, y = tiny
+  exact = ravel_pytree(hessian.exact_diagonal(model, params, {}, x, y, batch_size=16))[0]
+  est = hessian.hutchinson(model, params, {}, x, y, jax.random.PRNGKey(3), max_probes=4096,
+                           chunk=512, batch_size=16)
+  got = ravel_pytree(est.diagonal)[0]
+  relative = np.linalg.norm(got - exact) / np.linalg.norm(exact)
+  assert relative <= 0.05, relative
+  np.testing.assert_allclose(est.trace, exact.sum(), rtol=0.05)
+  # The reported standard error is honest: the error is within a few SEs.
+  assert np.linalg.norm(got - exact) <= 4 * np.linalg.norm(ravel_pytree(est.stderr)[0])
+
+
+def test_hutchinson_stops_at_the_tolerance_and_ignores_the_chunk_size(tiny):
+  model, params, x, y = tiny
+  key = jax.random.PRNGKey(4)
+  early = hessian.hutchinson(model, params, {}, x, y, key, max_probes=4096, chunk=512,
+                             tol=0.3, batch_size=16)
+  assert early.converged and early.num_probes < 4096 and early.relative_stderr <= 0.3
+  a = hessian.hutchinson(model, params, {}, x, y, key, max_probes=10, chunk=4, batch_size=16)
+  b = hessian.hutchinson(model, params, {}, x, y, key, max_probes=10, chunk=512, batch_size=16)
+  assert a.num_probes == b.num_probes == 10
+  np.testing.assert_allclose(ravel_pytree(a.diagonal)[0], ravel_pytree(b.diagonal)[0],
+                             rtol=1e-5, atol=1e-7)
+
+
+def test_pruned_entries_are_excluded(tiny):
+  model, params, x, y = tiny
+  prunable = masks.prunable_tree(params)
+  mask = jax.tree.map(lambda p, keep: (jnp.arange(p.size).reshape(p.shape) % 2).astype(p.dtype)
+                      if keep else jnp.ones_like(p), params, prunable)
+  est = hessian.hutchinson(model, params, {}, x, y, jax.random.PRNGKey(5), mask=mask,
+                           max_probes=16, chunk=8, batch_size=16)
+  for d, m in zip(jax.tree.leaves(est.diagonal), jax.tree.leaves(mask)):
+    assert np.all(d[np.asarray(m) == 0] == 0.0)
+  rows = hessian.layer_summaries(est.diagonal, mask, bins=5)
+  kernel = rows["Dense_0/kernel"]
+  assert kernel["excluded"] == 18 and kernel["kept"] == 18
+  assert sum(kernel["histogram"]["counts"]) == 18
+  np.testing.assert_allclose(kernel["trace"], est.diagonal["Dense_0"]["kernel"].sum(), rtol=1e-6)
+
+
+def test_power_iteration_finds_the_top_eigenvalue(tiny):
+  model, params, x, y = tiny
+  eig = np.linalg.eigvalsh(_full_hessian(model, params, x, y))
+  want = eig[np.argmax(np.abs(eig))]
+  got = hessian.top_eigenvalue(model, params, {}, x, y, jax.random.PRNGKey(6), iters=500,
+                               tol=1e-7, batch_size=16)
+  np.testing.assert_allclose(got["eigenvalue"], want, rtol=1e-2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_probes=0), "probes must be > 0"),
+    (dict(chunk=0), "probe chunk must be > 0"),
+    (dict(empty=True), "empty split"),
+])
+def test_bad_input_is_a_clear_error(tiny, kwargs, match):
+  model, params, x, y = tiny
+  if kwargs.pop("empty", False):
+    x, y = x[:0], y[:0]
+  with pytest.raises(validate.InputError, match=match):
+    hessian.hutchinson(model, params, {}, x, y, jax.random.PRNGKey(0), **kwargs)
