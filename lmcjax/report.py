@@ -57,7 +57,10 @@ def accuracy_table(records: List[Dict[str, Any]]) -> str:
 def data_cost_records(imp_summary: Dict[str, Any]) -> List[Dict[str, Any]]:
   cost = imp_summary.get("data_cost", {})
   return [{"source": src, **{k: v for k, v in c.items() if not isinstance(v, dict)}}
-          for src, c in cost.items() if isinstance(c, dict)]
+          for src, c in cost.items() if isinstance(c, dict) and src in _SOURCES]
+
+
+_SOURCES = ("real", "distilled", "combined", "random")
 
 
 def data_cost_text(imp_summary: Dict[str, Any]) -> str:
@@ -121,6 +124,16 @@ def landscape_lines(analysis: Dict[str, Any], workdir: str) -> List[str]:
   return lines
 
 
+def distill_text(d: Dict[str, Any]) -> str:
+  """The distilled set against a random real subset of the same size."""
+  rows = [[name, _pm(d[key]["mean"], d[key]["std"])] for name, key in
+          (("distilled set", "distilled"), ("random real subset, same size", "random_subset"))
+          if isinstance(d.get(key), dict)]
+  head = (f"Method {d.get('method')}, {d.get('ipc')} images per class; test accuracy % of fresh "
+          "nets trained on each set (mean ± std over seeds):")
+  return head + "\n\n" + markdown_table(["training set", "test accuracy %"], rows)
+
+
 def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
   """Writes report.md and results.json from the stage summaries and files."""
   analysis = summary.get("analysis", {})
@@ -129,6 +142,8 @@ def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
              **analysis_records(analysis),
              "versions": experiment.software_versions()}
   sections = ["# lmcjax report", f"Dataset {summary.get('dataset')}, model {summary.get('model')}."]
+  if isinstance(summary.get("distill"), dict) and "distilled" in summary["distill"]:
+    sections += ["## Distilled set", distill_text(summary["distill"])]
   if results["accuracy"]:
     sections += ["## Test accuracy vs sparsity (retrained on real data from the rewind point)",
                  accuracy_table(results["accuracy"]), "![accuracy vs sparsity](imp/accuracy_vs_sparsity.png)"]
