@@ -1,15 +1,22 @@
-"""The paper's CIFAR-10 setting with ConvNet-3 (width 128, instance norm).
+"""The paper's CIFAR-10 experiment with ConvNet-3 (width 128, instance norm).
 
   python launch/prepare_data.py --dataset=cifar10          # once, with network
   python launch/main.py --config configs/cifar10_convnet.py --workdir runs/c10_convnet
 
-Needs the [tfds] extra (TensorFlow reads the prepared files).
+The whole pipeline: IDC distillation (ipc 10, factor 2), IMP with real,
+distilled and random sources, SGD-noise branches and their barriers, landscape
+planes through the branches, Hessian diagonals, report. Needs the [tfds] extra
+and an accelerator.
 """
 from configs import default
+from configs import distill_idc_cifar10
+
+FULL_DSA = "color_crop_cutout_flip_scale_rotate"  # CIFAR images may be mirrored
 
 
 def get_config():
   config = default.get_config()
+  config.stages = ("distill", "train", "imp", "analysis", "report")
   config.data.name = "cifar10"
   config.model.update(name="convnet", depth=3, width=128, norm="instance", pooling="avg")
   # Real-data training as in the paper: SGD lr 0.01, momentum 0.9, weight decay
@@ -17,7 +24,16 @@ def get_config():
   config.train.update(lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64,
                       schedule="multistep", milestones=(2 / 3, 5 / 6), gamma=0.2,
                       epochs=60)  # the paper does not pin the epoch count; 60 converges
-  config.train.augment.update(kind="dsa", cutmix_prob=0.5, cutmix_beta=1.0)
+  config.train.augment.update(kind="dsa", dsa_strategy=FULL_DSA, cutmix_prob=0.5, cutmix_beta=1.0)
+  config.distill = distill_idc_cifar10.get_config().distill
+  # IMP: 20% of the remaining weights per round; the distilled source trains
+  # 1000 epochs on the distilled set each round (paper), same optimizer.
+  config.imp.rounds = 9  # 86.6% sparsity
+  config.imp.distilled_train.epochs = 1000
+  config.imp.distilled_train.augment.dsa_strategy = FULL_DSA
+  # Four branches: all pairwise barriers and the seed paper's four-seed plane.
+  config.analysis.num_branches = 4
+  config.analysis.landscape.kinds = ("three_point", "four_seed")
   config.log_every_steps = 200
   config.checkpoint_every_steps = 2000
   return config

@@ -11,4 +11,5 @@ def get_config():
   config.model.hidden = (32,)
   config.train.epochs = 2
   config.log_every_steps = 20
+  config.stages = ("train",)
   return config
