@@ -1,0 +1,261 @@
+"""The 'distill' stage: config checks, the outer loop, files and evaluation."""
+import json
+import os
+import time
+import types
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmcjax import logs
+from lmcjax import models
+from lmcjax import rng
+from lmcjax import synthetic
+from lmcjax import train
+from lmcjax import validate
+from lmcjax import workdir as workdir_lib
+from lmcjax.distill import core
+from lmcjax.distill import evaluate
+from lmcjax.distill import experts
+from lmcjax.distill import methods
+
+METHODS = ("dc", "idc", "mtt", "dm")
+BN_MODELS = ("resnet20", "resnet10", "resnet18", "vgg16")
+# Stage contract (experiment.STAGE_MODULES): config sections read ('model'
+# when distill.model.name is ''), upstream stages, and the outputs moved aside
+# when the inputs change (MTT experts included: they depend on the config).
+CONFIG_FIELDS = ("data", "model", "distill")
+DEPENDS_ON = ()
+OUTPUT_DIRS = lambda workdir: (workdir_lib.distill_dir(workdir),)
+
+
+def model_config(config):
+  """The distillation network's config: config.distill.model, or config.model if its name is ''."""
+  return config.distill.model if config.distill.model.name else config.model
+
+
+def factor_of(d) -> int:
+  return int(d.idc.factor) if d.method == "idc" else 1
+
+
+def check_config(config) -> None:
+  """Every distill value that can be checked without data, before any compute."""
+  d = config.distill
+  validate.choice("distill.method", d.method, METHODS)
+  validate.require(isinstance(d.ipc, int) and d.ipc >= 1, f"distill.ipc must be an integer >= 1, got {d.ipc!r}")
+  validate.choice("distill.init", d.init, ("real", "noise"))
+  mcfg = model_config(config)
+  models.check_config(mcfg)
+  uses_bn = mcfg.name in BN_MODELS or (mcfg.name == "convnet" and mcfg.norm == "batch")
+  validate.require(not uses_bn, f"distill.model {mcfg.name!r} (norm {mcfg.norm!r}) uses BatchNorm; distillation "
+                   "needs instance/layer/no norm (e.g. convnet with norm=instance)")
+  if d.augment.dsa:
+    core.make_augment(d.augment)
+  validate.non_negative("distill.log_every", d.log_every)
+  m = d[d.method]
+  validate.positive(f"distill.{d.method}.iterations", m.iterations)
+  validate.choice(f"distill.{d.method}.optimizer", m.optimizer, ("sgd", "adam"))
+  validate.positive(f"distill.{d.method}.lr_images", m.lr_images)
+  if d.method in ("dc", "idc"):
+    _check_gm(f"distill.{d.method}", m)
+  elif d.method == "mtt":
+    _check_mtt(m)
+  else:
+    validate.positive("distill.dm.batch_real", m.batch_real)
+  validate.positive("distill.eval.num_seeds", d.eval.num_seeds)
+  train.check_spec(d.eval.spec, "distill.eval.spec")
+  if d.load_path:
+    validate.require(os.path.isfile(d.load_path), f"distill.load_path not found: {d.load_path!r}")
+
+
+def _check_gm(name, m) -> None:
+  validate.choice(f"{name}.distance", m.distance, methods.GM_DISTANCES)
+  validate.choice(f"{name}.inner_data", m.inner_data, ("synthetic", "real"))
+  for key in ("batch_real", "net_reset_every", "batch_inner", "lr_net", "factor"):
+    validate.positive(f"{name}.{key}", m[key])
+  validate.non_negative(f"{name}.inner_steps", m.inner_steps)
+
+
+def _check_mtt(m) -> None:
+  for key in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts", "lr_teacher",
+              "batch_teacher", "lr_lr", "lr_init"):
+    validate.positive(f"distill.mtt.{key}", m[key])
+  validate.non_negative("distill.mtt.batch_syn", m.batch_syn)
+
+
+def check_data(d, y_real, num_classes: int) -> None:
+  """Data-dependent checks (ipc vs class sizes), before any compute."""
+  core.check_ipc(d.ipc, factor_of(d), np.asarray(y_real), num_classes)
+
+
+def expert_dir(d, workdir: str) -> str:
+  return d.mtt.expert_dir or os.path.join(workdir_lib.distill_dir(workdir), "experts")
+
+
+def build(d, model, x_real, y_real, num_classes: int, *, expert_directory: str = "",
+          log: Optional[logs.MetricsLog] = None) -> Tuple[methods.Method, Any, Dict, int]:
+  """The method, its outer optimizer, the initial learnable pytree and iterations.
+
+  For MTT this trains (or reloads) the experts first.
+  """
+  check_data(d, y_real, num_classes)
+  factor, m = factor_of(d), d[d.method]
+  key = lambda *path: rng.named_key(d.seed, "distill", *path)
+  table, counts = core.class_table(np.asarray(y_real), num_classes)
+  aug = core.make_augment(d.augment)
+  problem = methods.Problem(model, num_classes, tuple(x_real.shape[1:]), x_real, jnp.asarray(y_real),
+                            table, counts, d.ipc, factor, aug, d.unroll)
+  learn = {"images": core.init_images(key("init"), x_real, y_real, num_classes, d.ipc, d.init, factor)}
+  if d.method == "mtt":
+    learn["log_lr"] = jnp.log(jnp.asarray(m.lr_init, jnp.float32))
+    tx = core.make_outer_optimizer(m.optimizer, m.lr_images, m.momentum, m.lr_lr)
+    trajectory = expert_trajectory(m, model, x_real, y_real, num_classes, aug, key("experts"),
+                                   expert_directory, log, d.unroll)
+    sampler = experts.make_sampler(trajectory, m.max_start_epoch, m.expert_epochs)
+    return methods.trajectory_matching(problem, m, tx, sampler), tx, learn, m.iterations
+  tx = core.make_outer_optimizer(m.optimizer, m.lr_images, m.momentum)
+  if d.method == "dm":
+    return methods.distribution_matching(problem, m, tx), tx, learn, m.iterations
+  return methods.gradient_matching(problem, m, tx), tx, learn, m.iterations
+
+
+def expert_template(m, model, image_shape) -> Any:
+  """Stacked param shapes of m.num_experts experts (no compute)."""
+  init = lambda k: experts.init_experts(model, k, image_shape, m.num_experts)
+  return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
+def expert_trajectory(m, model, x_real, y_real, num_classes, aug, key, directory, log,
+                      unroll=False):
+  """Loads the experts' per-epoch params from `directory`, or trains and saves them."""
+  num_epochs = m.max_start_epoch + m.expert_epochs + 1
+  like = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                      expert_template(m, model, x_real.shape[1:]))
+  if directory and experts.saved_epochs(directory) > 0:
+    return experts.load_experts(directory, like, num_epochs)
+  cfg = types.SimpleNamespace(num_experts=m.num_experts, num_expert_epochs=num_epochs - 1,
+                              lr_teacher=m.lr_teacher, batch_teacher=m.batch_teacher,
+                              unroll=unroll)
+  trajectory, seconds = experts.train_experts(model, x_real, jnp.asarray(y_real), num_classes, cfg,
+                                              key, directory, vmapped=True, aug=aug)
+  if log is not None:
+    log.write("distill_experts", num_epochs - 1, {"seconds": float(sum(seconds))})
+  return trajectory
+
+
+def run_outer(method: methods.Method, tx, learn, iterations: int, key, *,
+              log: Optional[logs.MetricsLog] = None, log_every: int = 0,
+              step=None) -> Tuple[Dict, Dict[str, float]]:
+  """The outer loop: one jitted call per iteration. Returns (learn, stats).
+
+  The learnable pytree and optimizer state are donated: each iteration
+  replaces them, so their buffers are reused. `step` lets tests pass a
+  trace-counted jit of method.step.
+  """
+  step = step or jax.jit(method.step, donate_argnums=(0, 1))
+  opt_state, ctx, pending = tx.init(learn), None, []
+  tick = first = None
+  for it in range(iterations):
+    k = jax.random.fold_in(key, it)
+    ctx = method.next_context(it, ctx, jax.random.fold_in(k, 0))
+    learn, opt_state, ctx, loss = step(learn, opt_state, jax.random.fold_in(k, 1), ctx)
+    pending.append(loss)
+    if it == 0:
+      first = float(jax.block_until_ready(loss))
+      tick = time.perf_counter()
+    done = it + 1
+    if (log_every and done % log_every == 0) or done == iterations:
+      losses = np.asarray(jax.device_get(jnp.stack(pending)))
+      if not np.all(np.isfinite(losses)):
+        raise train.NonFiniteLossError(f"non-finite matching loss in stage 'distill' by iteration {done}")
+      if log is not None:
+        log.write("distill", done, {"matching_loss": float(losses.mean())})
+      pending = []
+  jax.block_until_ready(learn)
+  per_iter = (time.perf_counter() - tick) / max(1, iterations - 1)
+  return learn, {"first_loss": first, "last_loss": float(losses[-1]), "seconds_per_iteration": per_iter}
+
+
+def load_external(path: str, dataset) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+  """A published/external set: read without pickles and checked against the dataset."""
+  images, labels, meta = synthetic.load(path)
+  synthetic.check_compatible(path, images, labels, meta, dataset)
+  return images, labels, meta
+
+
+def save_grid(path: str, images, labels, mean, std, max_per_class: int = 10) -> None:
+  """PNG grid: one row per class, up to max_per_class stored images, de-normalised."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  images, labels = np.asarray(images), np.asarray(labels)
+  classes = np.unique(labels)
+  cols = min(max_per_class, max(int(np.sum(labels == c)) for c in classes))
+  fig, axes = plt.subplots(len(classes), cols, figsize=(cols, len(classes)), squeeze=False)
+  pixels = np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+  for r, c in enumerate(classes):
+    row = pixels[labels == c]
+    for j in range(cols):
+      ax = axes[r, j]
+      ax.axis("off")
+      if j < len(row):
+        img = row[j]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+  fig.tight_layout(pad=0.1)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def evaluate_set(s, d, model, images, labels, factor: int) -> Dict[str, Any]:
+  """Distilled set vs a random real subset of the same stored size, same seeds."""
+  images, labels = core.training_images(jnp.asarray(images), jnp.asarray(labels), factor)
+  key = rng.named_key(d.seed, "distill", "eval")
+  kw = dict(x_test=s.x_test, y_test=s.y_test, num_classes=s.dataset.num_classes,
+            num_seeds=d.eval.num_seeds, key=key, vmapped=d.eval.vmap_seeds)
+  out = {"distilled": evaluate.train_and_test(model, d.eval.spec, images, labels, **kw)}
+  if d.eval.baseline:
+    ipc = int(np.bincount(np.asarray(labels)).max()) // (factor * factor)
+    idx = core.random_real_subset(rng.named_key(d.seed, "distill", "baseline"), s.y_train,
+                                  s.dataset.num_classes, ipc)
+    out["random_subset"] = evaluate.train_and_test(model, d.eval.spec, s.x_train[idx],
+                                                   s.y_train[idx], **kw)
+  return out
+
+
+def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
+  """Distils (or loads) a synthetic set, saves it with a PNG grid and evaluates it."""
+  d = s.config.distill
+  mcfg = model_config(s.config)
+  model = models.create(mcfg, s.dataset.num_classes)
+  out_dir = workdir_lib.distill_dir(workdir)
+  os.makedirs(out_dir, exist_ok=True)
+  summary: Dict[str, Any] = {}
+  if d.load_path:
+    images, labels, meta = load_external(d.load_path, s.dataset)
+  else:
+    check_data(d, s.y_train, s.dataset.num_classes)
+    directory = expert_dir(d, workdir)
+    if d.method == "mtt":
+      experts.check_experts(directory, expert_template(d.mtt, model, s.dataset.image_shape))
+    method, tx, learn, iterations = build(d, model, s.x_train, s.y_train, s.dataset.num_classes,
+                                          expert_directory=directory, log=log)
+    learn, summary = run_outer(method, tx, learn, iterations, rng.named_key(d.seed, "distill", "outer"),
+                               log=log, log_every=d.log_every)
+    images = np.asarray(learn["images"])
+    labels = np.asarray(core.synthetic_labels(s.dataset.num_classes, d.ipc))
+    meta = {"method": d.method, "ipc": d.ipc, "dataset": s.dataset.name,
+            "mean": list(s.dataset.mean), "std": list(s.dataset.std), "factor": factor_of(d),
+            "model": mcfg.name, "model_config": json.loads(mcfg.to_json_best_effort()),
+            "iterations": iterations, "seed": d.seed}
+    if "log_lr" in learn:
+      meta["lr"] = float(jnp.exp(learn["log_lr"]))
+  # A loaded set is copied too: later stages read one place.
+  synthetic.save(workdir_lib.distilled_set(workdir), images, labels, meta)
+  save_grid(os.path.join(out_dir, "grid.png"), images, labels, s.dataset.mean, s.dataset.std)
+  result = evaluate_set(s, d, model, images, labels, int(meta.get("factor", 1)))
+  logs.write_json(os.path.join(out_dir, "eval.json"), result)
+  summary.update({k: {"mean": v["mean"], "std": v["std"]} for k, v in result.items()})
+  summary.update({"method": meta["method"], "ipc": meta["ipc"], "path": workdir_lib.distilled_set(workdir)})
+  return summary
