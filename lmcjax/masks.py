@@ -20,7 +20,7 @@ def path_name(path) -> str:
   return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
 
 
-def _output_layer(params: PyTree) -> str:
+def output_layer(params: PyTree) -> str:
   """Name of the top-level Dense module created last: the classifier."""
   dense = [k for k in params if k.startswith("Dense_")]
   return max(dense, key=lambda k: int(k.split("_")[-1])) if dense else ""
@@ -29,7 +29,7 @@ def _output_layer(params: PyTree) -> str:
 def prunable_tree(params: PyTree, scope: str = "all_kernels") -> PyTree:
   """Pytree of Python bools: which leaves may be pruned."""
   validate.choice("prune.scope", scope, SCOPES)
-  output = _output_layer(params)
+  output = output_layer(params)
 
   def is_prunable(path, leaf):
     name = path[-1].key if hasattr(path[-1], "key") else ""
