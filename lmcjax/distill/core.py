@@ -185,7 +185,7 @@ def embed(model, params, images) -> jnp.ndarray:
   Intercepts that layer's call (flax method interception) and skips it, so any
   lmcjax model works without changing models.py.
   """
-  output = masks.output_layer(params)  # pylint: disable=protected-access
+  output = masks.output_layer(params)
   validate.require(bool(output), "distribution matching needs a model with a Dense output layer")
   captured = []
 
