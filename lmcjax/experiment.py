@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import platform
+import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
@@ -224,7 +225,6 @@ def _stage_record_paths(workdir: str, stage: str) -> Tuple[str, str]:
 
 def _move_aside_stale(workdir: str, stage: str) -> None:
   """Outputs of a stage run under other inputs are moved, never deleted."""
-  import time  # pylint: disable=g-import-not-at-top
   stale_root = os.path.join(workdir, "stale", f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
   for path in stage_module(stage).OUTPUT_DIRS(workdir):
     if os.path.exists(path):
@@ -239,7 +239,6 @@ def run_cached_stage(s: Setup, workdir: str, log: logs.MetricsLog, stage: str) -
   A finished stage is skipped; an unfinished one with the same inputs is rerun
   and resumes from its own checkpoints; one whose inputs changed starts over.
   """
-  import time  # pylint: disable=g-import-not-at-top
   inputs = stage_inputs(s.config, stage)
   inputs_path, done_path = _stage_record_paths(workdir, stage)
   os.makedirs(os.path.dirname(inputs_path), exist_ok=True)

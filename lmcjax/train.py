@@ -5,6 +5,7 @@ augment, ...) describes one training run; IMP rounds, distilled-set training
 and SGD-noise branches all use it with their own values.
 """
 import math
+import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -254,7 +255,6 @@ def fit(state: TrainState, step_fn: Callable, images, labels, mask, order: Batch
   every step would force a device sync per step); a bad loss raises
   NonFiniteLossError naming the exact step, before any bad state is saved.
   """
-  import time  # pylint: disable=g-import-not-at-top
   pending = []
   start_step = int(state.step)
   tick, tick_step = time.perf_counter(), start_step
