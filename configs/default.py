@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
   # evaluating the distilled set and its random-subset baseline (3 nets each)
   # for 120 instead of 300 epochs saves ~1 minute; both use the same protocol.
   config.distill.eval.spec.epochs = 120
+  # DM's gain over its real init grows with iterations (MNIST-5k, ConvNet-3
+  # w32, 300-epoch eval: 91.7% init, 94.5% at 200, 95.8% at 600); 400 costs
+  # ~50 s on 2 cores.
+  config.distill.dm.iterations = 400
   config.imp = imp_part.get_section()
   config.analysis = analysis_part.get_section()
   config.parallel = parallel_part.get_section()

@@ -5,9 +5,12 @@
 The argument after ':' is ipc (1, 10 or 50; default 10). Needs CIFAR-10
 prepared for tfds (launch/prepare_data.py) and an accelerator. Published:
 ConvNet-3 width 128 instance norm, syn_steps 50/30/30, expert_epochs 2,
-max_start_epoch 2/20/40, lr_img 1e3/1e3/1e2 (SGD, momentum 0.5), lr_lr
-1e-7/1e-5/1e-5, lr_teacher 0.01, batch_syn all/all/all->see below, ZCA (not
-done here: images are channel-standardised), 5000 iterations, 100 experts.
+max_start_epoch 2/20/40, lr_img 1e3/1e3/1e2 (SGD, momentum 0.5), lr_teacher
+0.01, every synthetic image in each inner step, 5000 iterations, 100 experts.
+Two departures: the inner lr is learned as a log-lr with Adam (distill.mtt.lr_lr;
+MTT's SGD on the raw lr needs a per-ipc lr_lr of 1e-7/1e-5/1e-5), and there is
+no ZCA whitening (images are channel-standardised). The distilled set is
+evaluated with its learned lr (distill.eval.learned_lr), as MTT does.
 """
 from configs import default
 from configs.parts import distill as distill_part

@@ -83,22 +83,6 @@ def setup(config) -> Setup:
                params, batch_stats, masks.prunable_tree(params, config.prune.scope))
 
 
-def _spec_key(spec) -> str:
-  return spec.to_json_best_effort(sort_keys=True)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(model, spec_json: str, num_classes: int, num_steps: int):
-  """The optimizer and jitted step for one (model, spec, length); built once."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  spec = ml_collections.ConfigDict(json.loads(spec_json))
-  tx = train.make_optimizer(spec, num_steps)
-  step = train.make_train_step(model, tx, spec.augment, num_classes)
-  # The state is donated: its buffers are reused for the next state, which
-  # halves peak parameter memory. The batch and mask are read-only.
-  return tx, jax.jit(step, donate_argnums=0)
-
-
 @functools.lru_cache(maxsize=8)
 def _compiled_eval(model, batch_size: int):
   return jax.jit(train.make_eval_fn(model, batch_size))
@@ -129,7 +113,8 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   n = int(images.shape[0])
   num_steps = train.total_steps(spec, n)
   batch = train.effective_batch(spec, n)
-  tx, step_fn = _compiled(s.model, _spec_key(spec), s.dataset.num_classes, num_steps)
+  tx, _, step_fn = train.compiled_run(s.model, train.spec_key(spec), s.dataset.num_classes,
+                                      num_steps)
   # The jitted step donates the state; copy so the caller's trees survive.
   params, batch_stats = jax.tree.map(jnp.array, (params, batch_stats))
   if mask is not None:

@@ -126,12 +126,13 @@ def landscape_lines(analysis: Dict[str, Any], workdir: str) -> List[str]:
 
 def distill_text(d: Dict[str, Any]) -> str:
   """The distilled set against a random real subset of the same size."""
-  rows = [[name, _pm(d[key]["mean"], d[key]["std"])] for name, key in
-          (("distilled set", "distilled"), ("random real subset, same size", "random_subset"))
+  rows = [[name, _pm(d[key]["mean"], d[key]["std"]), d[key].get("lr", "")] for name, key in
+          (("distilled set", "distilled"), ("its initialisation (before distillation)", "initial"),
+           ("random real subsets, same size (one per seed)", "random_subset"))
           if isinstance(d.get(key), dict)]
   head = (f"Method {d.get('method')}, {d.get('ipc')} images per class; test accuracy % of fresh "
           "nets trained on each set (mean ± std over seeds):")
-  return head + "\n\n" + markdown_table(["training set", "test accuracy %"], rows)
+  return head + "\n\n" + markdown_table(["training set", "test accuracy %", "eval lr"], rows)
 
 
 def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:

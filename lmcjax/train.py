@@ -4,6 +4,8 @@ A train spec (a ConfigDict: epochs, batch_size, optimizer, lr, schedule,
 augment, ...) describes one training run; IMP rounds, distilled-set training
 and SGD-noise branches all use it with their own values.
 """
+import functools
+import json
 import math
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -143,6 +145,34 @@ def make_train_step(model, tx, augment_cfg, num_classes: int) -> Callable:
     return new_state, {"loss": loss, "accuracy": accuracy}
 
   return train_step
+
+
+def spec_key(spec) -> str:
+  """A hashable, human-readable key of a train spec (for compile caches)."""
+  return spec.to_json_best_effort(sort_keys=True)
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapped: bool = False):
+  """(tx, jitted init, jitted train_step) of one (model, spec, length), built once.
+
+  init(init_key, aug_key, image) -> TrainState. vmapped=True maps both over a
+  leading axis of keys and states (the batch too): K independent nets as one
+  program. The state is donated: its buffers are reused for the next state,
+  which halves peak parameter memory; the batch and mask are read-only.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  spec = ml_collections.ConfigDict(json.loads(spec_json))
+  tx = make_optimizer(spec, num_steps)
+  step = make_train_step(model, tx, spec.augment, num_classes)
+
+  def init(init_key, aug_key, image):
+    params, stats = init_variables(model, init_key, image.shape)
+    return create_state(params, stats, tx, aug_key)
+
+  if vmapped:
+    init, step = jax.vmap(init, in_axes=(0, 0, None)), jax.vmap(step, in_axes=(0, 0, None))
+  return tx, jax.jit(init), jax.jit(step, donate_argnums=0)
 
 
 def make_eval_fn(model, batch_size: int = 1000) -> Callable:

@@ -197,9 +197,39 @@ def test_stage_end_to_end_on_digits(tmp_path):
   c.distill.ipc = 2
   c.distill.model.name, c.distill.model.hidden = "mlp", (16,)
   c.distill.eval.num_seeds, c.distill.eval.spec.epochs = 2, 3
+  c.distill.eval.initial = True
   summary = experiment.run(c, str(tmp_path))
   out = summary["distill"]
-  assert set(out) >= {"distilled", "random_subset"}
+  assert set(out) >= {"distilled", "random_subset", "initial"}
   images, labels, meta = synthetic.load(os.path.join(str(tmp_path), "distill", "synthetic.npz"))
   assert images.shape == (20, 8, 8, 1) and meta["method"] == "dm" and meta["iterations"] == 3
   assert os.path.isfile(os.path.join(str(tmp_path), "distill", "grid.png"))
+
+
+def _eval(sets, vmapped, seeds=2):
+  x, y = tiny_data()
+  spec = tiny_config("dm").distill.eval.spec
+  spec.epochs, spec.augment.kind = 4, "none"
+  return stage.evaluate.train_and_test(tiny_model(), spec, x[:6], y[:6], x, y, C, seeds,
+                                       jax.random.PRNGKey(0), vmapped=vmapped, per_seed_sets=sets)
+
+
+def test_per_seed_sets_train_each_net_on_its_own_set():
+  x, y = tiny_data()
+  first, second = (x[::6], y[::6]), (x[1::6], y[1::6])
+  own = _eval([first, second], vmapped=False)["accuracies"]
+  assert own[0] == _eval([first, first], vmapped=False)["accuracies"][0]
+  assert own[1] == _eval([second, second], vmapped=False)["accuracies"][1]
+  np.testing.assert_allclose(_eval([first, second], vmapped=True)["accuracies"], own, atol=1e-6)
+
+
+@pytest.mark.parametrize("learned_lr, meta, expected", [
+    (True, {"lr": 0.037}, 0.037),  # MTT's protocol: its learned inner lr
+    (False, {"lr": 0.037}, 0.01),
+    (True, {}, 0.01),  # DC/DM/IDC sets have no lr
+])
+def test_eval_spec_uses_the_learned_lr_only_when_asked(learned_lr, meta, expected):
+  d = tiny_config("mtt").distill
+  d.eval.learned_lr = learned_lr
+  assert stage.eval_spec_for(d, meta).lr == pytest.approx(expected)
+  assert d.eval.spec.lr == 0.01  # the config itself is untouched

@@ -80,6 +80,9 @@ def get_section() -> ml_collections.ConfigDict:
       # vmap_seeds: train the K nets as one vmapped program (accelerators);
       # XLA:CPU turns a vmapped conv into a slow grouped conv, so CPU runs
       # train them one by one (same keys, same results).
-      eval=ml_collections.ConfigDict(dict(num_seeds=3, baseline=True, vmap_seeds=False,
-                                          spec=eval_spec())),
+      # baseline: random real subsets of the same size, a new one per seed.
+      # initial: also evaluate the set before distillation (what the method added).
+      # learned_lr: MTT sets train with their learned inner lr, as in MTT's protocol.
+      eval=ml_collections.ConfigDict(dict(num_seeds=3, baseline=True, initial=False,
+                                          learned_lr=True, vmap_seeds=False, spec=eval_spec())),
   ))

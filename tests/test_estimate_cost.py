@@ -1,0 +1,51 @@
+"""bench/estimate_cost.py counts what the stages really train (on a tiny run)."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from configs import imp_smoke
+from lmcjax import data as data_lib
+from lmcjax import experiment
+
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import estimate_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_dataset_table_matches_the_bundled_data(name):
+  ds = {"digits": data_lib.load_digits, "mnist5k": data_lib.load_mnist5k}[name]()
+  n_train, n_test, shape, classes = estimate_cost.DATASETS[name]
+  assert (len(ds.y_train), len(ds.y_test), tuple(ds.image_shape), ds.num_classes) == (
+      n_train, n_test, shape, classes)
+
+
+def test_counts_match_the_examples_a_run_records(tmp_path):
+  config = imp_smoke.get_config()
+  config.stages = ("distill", "train", "imp")
+  config.imp.sources = ("real", "random", "distilled")
+  d = config.distill
+  d.method, d.ipc, d.dm.iterations = "dm", 2, 2
+  d.model.name, d.model.hidden = "mlp", (16,)
+  d.eval.num_seeds, d.eval.spec.epochs, d.eval.initial = 2, 3, True
+  summary = experiment.run(config, str(tmp_path))
+  n_train, _, _, classes = estimate_cost.DATASETS["digits"]
+
+  assert estimate_cost.run_examples(config.train, n_train) == summary["train"]["examples_seen"]
+
+  cost = summary["imp"]["data_cost"]
+  round0 = summary["train"]["examples_seen"]  # the dense round 0, shared by the sources
+  recorded = (sum(c["retrain_examples_seen"] for c in cost.values() if isinstance(c, dict)
+                  and "retrain_examples_seen" in c) - 2 * round0
+              + cost["distilled"]["mask_examples_seen"])
+  assert sum(estimate_cost.imp_counts(config, n_train, classes)) == recorded
+
+  with open(os.path.join(str(tmp_path), "distill", "eval.json")) as f:
+    evals = json.load(f)
+  batch = min(d.eval.spec.batch_size, classes * d.ipc)
+  recorded_eval = sum(len(v["accuracies"]) * v["steps"] * batch for v in evals.values())
+  assert estimate_cost.distill_counts(config, n_train, classes)[1] == recorded_eval
+  assert np.isfinite(estimate_cost.estimate(config)[0][0][2])
