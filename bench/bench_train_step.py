@@ -52,7 +52,12 @@ def build(model_kw, shape, batch):
 
 def step_flops(step, state, batch, mask) -> float:
   """FLOPs of one compiled train step, as XLA's cost analysis counts them."""
-  analysis = step.lower(state, batch, mask).compile().cost_analysis()
+  return lowered_flops(step.lower(state, batch, mask))
+
+
+def lowered_flops(lowered) -> float:
+  """FLOPs of a lowered jitted call, as XLA's cost analysis counts them."""
+  analysis = lowered.compile().cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return float(analysis.get("flops", 0.0))
 

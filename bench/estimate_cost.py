@@ -6,10 +6,13 @@ Needs no data and runs nothing: it counts, from the config and with the
 stages' own step arithmetic (train.total_steps, IMP's rounds per source, the
 analysis targets), how many examples go through a train step or a forward
 pass in each stage, multiplies by the compiled train step's and eval pass's
-FLOPs per example (XLA cost analysis of the config's model), and prints hours
-at the given achieved TFLOP/s. Distillation steps are counted in train-step
-equivalents (a gradient-matching or trajectory-matching step differentiates
-through a gradient: ~3 train steps per example, see OUTER_FACTOR).
+FLOPs per example (XLA cost analysis of the config's model under
+config.train, augmentation included; every stage's train steps are priced at
+that rate), and prints hours at the given achieved TFLOP/s. Distillation
+steps are counted in train-step equivalents (a gradient-matching or
+trajectory-matching step differentiates through a gradient: ~3 train steps
+per example, see OUTER_FACTOR). Counts are checked against a real run's
+records in tests/test_estimate_cost.py.
 
 It is an estimate. The achieved rate is the unknown: measure it on the target
 accelerator with `python bench/bench_pipeline.py` (the GFLOP/s column) and pass
@@ -21,14 +24,16 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import imp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -51,22 +56,19 @@ DATASETS = {
 OUTER_FACTOR = 3.0
 
 
-def flops_per_example(model_cfg, num_classes, image_shape, batch: int):
-  """(train step, forward pass) FLOPs per example of model_cfg, from XLA."""
+def flops_per_example(model_cfg, spec, num_classes, image_shape):
+  """(train step, forward pass) FLOPs per example of model_cfg under spec
+  (augmentation included), from XLA's cost analysis, and its parameter count."""
   model = models.create(model_cfg, num_classes)
-  spec = default.train_spec()
+  batch = spec.batch_size
   _, init, step = train.compiled_run(model, train.spec_key(spec), num_classes, 1000)
   state = init(jax.random.PRNGKey(0), jax.random.PRNGKey(1), jnp.zeros(image_shape))
   data = {"image": jnp.zeros((batch,) + tuple(image_shape)), "label": jnp.zeros((batch,), jnp.int32)}
   evaluate = jax.jit(train.make_eval_fn(model, batch))
-  return (_flops(step.lower(state, data, None)) / batch,
-          _flops(evaluate.lower(state.params, state.batch_stats, data["image"], data["label"])) / batch)
-
-
-def _flops(lowered) -> float:
-  analysis = lowered.compile().cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  return float(analysis.get("flops", 0.0))
+  forward = evaluate.lower(state.params, state.batch_stats, data["image"], data["label"])
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  return (bench_train_step.step_flops(step, state, data, None) / batch,
+          bench_train_step.lowered_flops(forward) / batch, num_params, bool(jax.tree.leaves(state.batch_stats)))
 
 
 def run_examples(spec, n: int) -> int:
@@ -77,27 +79,30 @@ def run_examples(spec, n: int) -> int:
 def distill_counts(config, n_train: int, num_classes: int):
   """(train-step examples on the distillation net, on the eval net) of the distill stage."""
   d = config.distill
-  if d.load_path:
-    return 0.0, _distill_eval(d, num_classes, 1)
   f = distill_stage.factor_of(d)
-  m = d[d.method]
   syn = d.ipc * f * f  # training images per class
+  if d.load_path:  # no distillation; a loaded set is assumed to hold d.ipc per class
+    return 0.0, _distill_eval(d, num_classes, syn, d.ipc, initial=False)
+  m = d[d.method]
   if d.method in ("dc", "idc"):
-    per_iter = (num_classes * (m.batch_real + OUTER_FACTOR * syn) + m.inner_steps
-                * min(m.batch_inner, n_train if m.inner_data == "real" else num_classes * syn))
-    outer = m.iterations * per_iter
+    inner_pool = n_train if m.inner_data == "real" else num_classes * syn
+    outer = m.iterations * (num_classes * (m.batch_real + OUTER_FACTOR * syn)
+                            + m.inner_steps * min(m.batch_inner, inner_pool))
   elif d.method == "dm":
     outer = m.iterations * num_classes * (m.batch_real / 3 + syn)  # real side: forward only
   else:
     batch = m.batch_syn or num_classes * syn
     experts = m.num_experts * (m.max_start_epoch + m.expert_epochs) * n_train
     outer = m.iterations * m.syn_steps * batch * OUTER_FACTOR + experts
-  return outer, _distill_eval(d, num_classes, syn)
+  return outer, _distill_eval(d, num_classes, syn, d.ipc, initial=d.eval.initial)
 
 
-def _distill_eval(d, num_classes, syn):
-  sets = 1 + bool(d.eval.initial) + bool(d.eval.baseline)
-  return sets * d.eval.num_seeds * run_examples(d.eval.spec, num_classes * syn)
+def _distill_eval(d, num_classes, syn, ipc, initial):
+  """The distilled set (and its init) decode to syn per class; the random
+  baseline has the stored size, ipc per class (distill/stage.py evaluate_set)."""
+  decoded = (1 + bool(initial)) * run_examples(d.eval.spec, num_classes * syn)
+  baseline = bool(d.eval.baseline) * run_examples(d.eval.spec, num_classes * ipc)
+  return d.eval.num_seeds * (decoded + baseline)
 
 
 def imp_counts(config, n_train: int, num_classes: int):
@@ -105,48 +110,70 @@ def imp_counts(config, n_train: int, num_classes: int):
   c = config.imp
   real_run = run_examples(config.train, n_train)
   real = real_run * (1 + len(c.sources) * c.rounds)  # round 0 (dense) is shared by sources
+  rewind = imp.rewind_step(config, n_train) * train.effective_batch(config.train, n_train)
   f = distill_stage.factor_of(config.distill)
   n_syn = num_classes * config.distill.ipc * f * f
   rounds = sum(imp._distilled_rounds(c, s) for s in c.sources)  # pylint: disable=protected-access
-  return real + imp.rewind_step(config, n_train) * config.train.batch_size, (
-      rounds * run_examples(c.distilled_train, n_syn))
+  return real + rewind, rounds * run_examples(c.distilled_train, n_syn)
 
 
-def analysis_counts(config, n_train: int, n_test: int):
-  """(train-step examples, forward examples) of the analysis stage."""
+def analysed_models(config) -> int:
+  """How many models the analysis stage analyses: dense, plus the last round of
+  every IMP source (analysis._discover_targets) unless targets are given."""
   a = config.analysis
-  models_analysed = int(a.include_dense) + (len(a.targets) or len(config.imp.sources))
+  if a.targets:
+    targets = len(a.targets)
+  else:
+    targets = len(config.imp.sources) if "imp" in config.stages and config.imp.rounds > 0 else 0
+  return int(a.include_dense) + targets
+
+
+def analysis_counts(config, n_train: int, n_test: int, num_classes: int, num_params: int,
+                    has_bn: bool):
+  """(train-step examples, forward examples) of the analysis stage."""
+  a, d = config.analysis, config.distill
+  f = distill_stage.factor_of(d)
+  size = {"train": n_train, "test": n_test, "distilled": num_classes * d.ipc * f * f}
   spec = config.train if a.reuse_config_train else a.branch_train
-  train_examples = models_analysed * a.num_branches * run_examples(spec, n_train)
-  split_size = {"train": n_train, "test": n_test, "distilled": 0}
+  branches = a.num_branches * run_examples(spec, n_train)
   pairs = a.num_branches * (a.num_branches - 1) // 2
-  interp = pairs * a.num_alphas * sum(split_size[s] for s in a.eval_splits)
-  grid = len(a.landscape.kinds) * a.landscape.resolution ** 2 * split_size[a.landscape.split]
+  points = pairs * analysis.alphas(a).size
+  modes = len(a.bn_modes) if has_bn else 1
+  interp = points * modes * sum(size[s] for s in a.eval_splits)
+  if has_bn and "reset" in a.bn_modes:  # BN statistics recomputed at every alpha
+    interp += points * len(a.eval_splits) * a.bn_reset_batches * a.bn_reset_batch_size
+  grid = sum(a.landscape.resolution ** (1 if kind == "random_1d" else 2)
+             for kind in a.landscape.kinds) * size[a.landscape.split]
   h = a.hessian
-  hess_batch = h.batch_size * h.num_batches if h.num_batches else split_size[h.split]
-  # An HVP is a forward-over-backward: ~2 train steps; power iteration adds its own.
-  hessian = (h.max_probes + h.power_iters) * hess_batch * 2 if h.enabled else 0
-  return train_examples + hessian, models_analysed * (interp + grid)
+  hess_batch = h.batch_size * h.num_batches if h.num_batches else size[h.split]
+  # An HVP is a forward-over-backward, ~2 train steps; the exact diagonal takes
+  # one HVP per parameter on small models.
+  hvps = h.max_probes + h.power_iters + (num_params if num_params <= h.exact_max_params else 0)
+  hessian = hvps * hess_batch * 2 if h.enabled else 0
+  per_model = branches + hessian, interp + grid
+  return tuple(analysed_models(config) * x for x in per_model)
 
 
 def estimate(config):
-  """Rows (stage, train-step examples, TFLOP) for config's stages."""
+  """Rows (stage, train-step examples, TFLOP) for config's stages, and the
+  model's (train step, forward) FLOPs per example. Every stage's train steps
+  are priced at config.train's per-example rate (its augmentation included)."""
   n_train, n_test, shape, classes = DATASETS[config.data.name]
-  batch = config.train.batch_size
-  fpe_train, fpe_fwd = flops_per_example(config.model, classes, shape, batch)
+  fpe_train, fpe_fwd, num_params, has_bn = flops_per_example(config.model, config.train, classes,
+                                                            shape)
   rows = []
   if "distill" in config.stages:
     outer, evals = distill_counts(config, n_train, classes)
-    d_train, _ = flops_per_example(distill_stage.model_config(config), classes, shape, 64)
+    d_train = flops_per_example(distill_stage.model_config(config), config.train, classes, shape)[0]
     rows.append(("distill", outer + evals, (outer + evals) * d_train / 1e12))
   if "train" in config.stages:
     ex = run_examples(config.train, n_train)
     rows.append(("train", ex, ex * fpe_train / 1e12))
   if "imp" in config.stages:
-    real, distilled = imp_counts(config, n_train, classes)
-    rows.append(("imp", real + distilled, (real + distilled) * fpe_train / 1e12))
+    ex = sum(imp_counts(config, n_train, classes))
+    rows.append(("imp", ex, ex * fpe_train / 1e12))
   if "analysis" in config.stages:
-    tr, fwd = analysis_counts(config, n_train, n_test)
+    tr, fwd = analysis_counts(config, n_train, n_test, classes, num_params, has_bn)
     rows.append(("analysis", tr + fwd / 3, (tr * fpe_train + fwd * fpe_fwd) / 1e12))
   return rows, fpe_train, fpe_fwd
 
@@ -178,6 +205,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so tests can import the counting
+  # functions without registering --config.
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
   flags.DEFINE_string("tflops", "5,20", "achieved TFLOP/s rates to print hours for")

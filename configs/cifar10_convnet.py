@@ -6,7 +6,10 @@
 The whole pipeline: IDC distillation (ipc 10, factor 2), IMP with real,
 distilled and random sources, SGD-noise branches and their barriers, landscape
 planes through the branches, Hessian diagonals, report. Needs the [tfds] extra
-and an accelerator.
+and an accelerator. IDC's full schedule dominates the cost (python
+bench/estimate_cost.py --config configs/cifar10_convnet.py); the seed paper used
+IDC's published sets instead: convert one to lmcjax's npz and pass
+--config.distill.load_path=PATH to evaluate and use it without distilling.
 """
 from configs import default
 from configs import distill_idc_cifar10

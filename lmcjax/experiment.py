@@ -166,7 +166,8 @@ def train_stage(s: Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
 # Stage name -> module exposing run_stage(setup, workdir, log) -> summary dict,
 # check_config(config) (raises InputError before any compute), CONFIG_FIELDS
 # (the config sections it reads), DEPENDS_ON (earlier stages whose outputs it
-# reads) and OUTPUT_DIRS(workdir) (what it writes, moved aside when stale).
+# reads) and OUTPUT_DIRS(workdir) (what it writes, moved aside when stale);
+# optionally REPORT_ONLY_FIELDS (see stage_inputs).
 STAGE_MODULES: Dict[str, str] = {
     "train": "lmcjax.experiment",
     "distill": "lmcjax.distill",
@@ -192,15 +193,29 @@ def _section(config, field):
   return value.to_dict() if hasattr(value, "to_dict") else value
 
 
-def stage_inputs(config, stage: str) -> Dict[str, Any]:
+def stage_inputs(config, stage: str, downstream: bool = False) -> Dict[str, Any]:
   """What a stage's result depends on: the config fields it reads, and those of
-  the stages whose outputs it reads. Readable on disk in DIR/stages/."""
+  the stages whose outputs it reads. Readable on disk in DIR/stages/.
+
+  downstream=True gives what a later stage sees of this one: without the
+  module's REPORT_ONLY_FIELDS (dotted paths, e.g. 'distill.eval'), which change
+  the stage's own report but not the files later stages read, so toggling
+  them reruns this stage alone.
+  """
   module = stage_module(stage)
   inputs = {field: _section(config, field) for field in module.CONFIG_FIELDS}
+  inputs = json.loads(json.dumps(inputs, default=str))
+  if downstream:
+    for path in getattr(module, "REPORT_ONLY_FIELDS", ()):
+      *parents, leaf = path.split(".")
+      node = inputs
+      for key in parents:
+        node = node.get(key, {})
+      node.pop(leaf, None)
   for upstream in module.DEPENDS_ON:
     if upstream in config.stages:
-      inputs[f"stage:{upstream}"] = stage_inputs(config, upstream)
-  return json.loads(json.dumps(inputs, default=str))
+      inputs[f"stage:{upstream}"] = stage_inputs(config, upstream, downstream=True)
+  return inputs
 
 
 def _stage_record_paths(workdir: str, stage: str) -> Tuple[str, str]:

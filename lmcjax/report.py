@@ -125,7 +125,7 @@ def landscape_lines(analysis: Dict[str, Any], workdir: str) -> List[str]:
 
 
 def distill_text(d: Dict[str, Any]) -> str:
-  """The distilled set against a random real subset of the same size."""
+  """The distilled set against its initialisation and random real subsets of the same size."""
   rows = [[name, _pm(d[key]["mean"], d[key]["std"]), d[key].get("lr", "")] for name, key in
           (("distilled set", "distilled"), ("its initialisation (before distillation)", "initial"),
            ("random real subsets, same size (one per seed)", "random_subset"))

@@ -152,8 +152,13 @@ def spec_key(spec) -> str:
   return spec.to_json_best_effort(sort_keys=True)
 
 
-@functools.lru_cache(maxsize=32)
 def compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapped: bool = False):
+  """See _compiled_run; one cache entry whether vmapped is passed or not."""
+  return _compiled_run(model, spec_json, num_classes, num_steps, bool(vmapped))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapped: bool):
   """(tx, jitted init, jitted train_step) of one (model, spec, length), built once.
 
   init(init_key, aug_key, image) -> TrainState. vmapped=True maps both over a

@@ -206,12 +206,12 @@ def test_stage_end_to_end_on_digits(tmp_path):
   assert os.path.isfile(os.path.join(str(tmp_path), "distill", "grid.png"))
 
 
-def _eval(sets, vmapped, seeds=2):
+def _eval(sets, vmapped):
   x, y = tiny_data()
   spec = tiny_config("dm").distill.eval.spec
   spec.epochs, spec.augment.kind = 4, "none"
-  return stage.evaluate.train_and_test(tiny_model(), spec, x[:6], y[:6], x, y, C, seeds,
-                                       jax.random.PRNGKey(0), vmapped=vmapped, per_seed_sets=sets)
+  return stage.evaluate.train_and_test_sets(tiny_model(), spec, sets, x, y, C,
+                                            jax.random.PRNGKey(0), vmapped=vmapped)
 
 
 def test_per_seed_sets_train_each_net_on_its_own_set():
@@ -221,6 +221,8 @@ def test_per_seed_sets_train_each_net_on_its_own_set():
   assert own[0] == _eval([first, first], vmapped=False)["accuracies"][0]
   assert own[1] == _eval([second, second], vmapped=False)["accuracies"][1]
   np.testing.assert_allclose(_eval([first, second], vmapped=True)["accuracies"], own, atol=1e-6)
+  with pytest.raises(validate.InputError, match="must hold 6 images"):
+    _eval([first, (x[:5], y[:5])], vmapped=False)
 
 
 @pytest.mark.parametrize("learned_lr, meta, expected", [

@@ -43,9 +43,27 @@ def test_counts_match_the_examples_a_run_records(tmp_path):
               + cost["distilled"]["mask_examples_seen"])
   assert sum(estimate_cost.imp_counts(config, n_train, classes)) == recorded
 
-  with open(os.path.join(str(tmp_path), "distill", "eval.json")) as f:
-    evals = json.load(f)
-  batch = min(d.eval.spec.batch_size, classes * d.ipc)
-  recorded_eval = sum(len(v["accuracies"]) * v["steps"] * batch for v in evals.values())
-  assert estimate_cost.distill_counts(config, n_train, classes)[1] == recorded_eval
+  counted = estimate_cost.distill_counts(config, n_train, classes)[1]
+  assert counted == _recorded_eval_examples(str(tmp_path), d.eval.spec)
   assert np.isfinite(estimate_cost.estimate(config)[0][0][2])
+
+
+def _recorded_eval_examples(workdir, spec):
+  with open(os.path.join(workdir, "distill", "eval.json")) as f:
+    evals = json.load(f)
+  return sum(len(v["accuracies"]) * v["steps"] * min(spec.batch_size, v["num_images"])
+             for v in evals.values())
+
+
+def test_distill_eval_counts_with_multiformation(tmp_path):
+  config = imp_smoke.get_config()
+  config.stages = ("distill",)
+  d = config.distill
+  d.method, d.ipc = "idc", 2  # factor 2: 8 decoded images per class, baseline 2 per class
+  d.idc.update(dict(iterations=1, inner_steps=1, batch_real=8, batch_inner=8))
+  d.model.name, d.model.hidden = "mlp", (16,)
+  d.eval.num_seeds, d.eval.spec.epochs, d.eval.initial = 2, 3, True
+  experiment.run(config, str(tmp_path))
+  n_train, _, _, classes = estimate_cost.DATASETS["digits"]
+  counted = estimate_cost.distill_counts(config, n_train, classes)[1]
+  assert counted == _recorded_eval_examples(str(tmp_path), d.eval.spec)

@@ -63,3 +63,16 @@ def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):
   changed = run_main(*args[:-1], "--config.train.lr=0.02", "--config.train.epochs=1")
   assert "skipped" not in changed.stderr
   assert json.load(open(tmp_path / "stages" / "train.inputs.json"))["train"]["lr"] == 0.02
+
+
+def test_distill_eval_settings_do_not_invalidate_later_stages():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from lmcjax import experiment  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  before = {s: experiment.stage_inputs(config, s) for s in ("distill", "imp", "analysis")}
+  config.distill.eval.initial = not config.distill.eval.initial  # changes the report only
+  assert experiment.stage_inputs(config, "distill") != before["distill"]
+  assert experiment.stage_inputs(config, "imp") == before["imp"]
+  assert experiment.stage_inputs(config, "analysis") == before["analysis"]
+  config.distill.dm.iterations += 1  # changes the distilled set itself
+  assert experiment.stage_inputs(config, "imp") != before["imp"]

@@ -170,7 +170,7 @@ def test_same_config_twice_is_bit_identical(smoke_config):
   smoke_config.train.epochs = 1
   runs = []
   for _ in range(2):
-    train.compiled_run.cache_clear()  # a fresh compile must not change the result
+    train._compiled_run.cache_clear()  # pylint: disable=protected-access  # a fresh compile must not change the result
     s = experiment.setup(smoke_config)
     runs.append(experiment.train_run(s, smoke_config.train, s.init_params, s.init_batch_stats,
                                      None, seed_path=("dense",), stage="train").state.params)

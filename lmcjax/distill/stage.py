@@ -28,6 +28,9 @@ BN_MODELS = ("resnet20", "resnet10", "resnet18", "vgg16")
 # when the inputs change (MTT experts included: they depend on the config).
 CONFIG_FIELDS = ("data", "model", "distill")
 DEPENDS_ON = ()
+# How the set is evaluated does not change synthetic.npz, which is all that
+# imp and analysis read: changing it reruns this stage only.
+REPORT_ONLY_FIELDS = ("distill.eval",)
 OUTPUT_DIRS = lambda workdir: (workdir_lib.distill_dir(workdir),)
 
 
@@ -231,18 +234,19 @@ def evaluate_set(s, d, model, images, labels, meta: Dict[str, Any],
   factor = int(meta.get("factor", 1))
   decode = lambda x: core.training_images(jnp.asarray(x), jnp.asarray(labels), factor)
   key = rng.named_key(d.seed, "distill", "eval")
-  kw = dict(x_test=s.x_test, y_test=s.y_test, num_classes=s.dataset.num_classes,
-            num_seeds=d.eval.num_seeds, key=key, vmapped=d.eval.vmap_seeds)
-  out = {"distilled": evaluate.train_and_test(model, eval_spec_for(d, meta), *decode(images), **kw)}
-  if initial_images is not None:
-    out["initial"] = evaluate.train_and_test(model, eval_spec_for(d, meta), *decode(initial_images), **kw)
+  kw = dict(x_test=s.x_test, y_test=s.y_test, num_classes=s.dataset.num_classes, key=key,
+            vmapped=d.eval.vmap_seeds)
+  out = {"distilled": evaluate.train_and_test(model, eval_spec_for(d, meta), *decode(images),
+                                              num_seeds=d.eval.num_seeds, **kw)}
+  if initial_images is not None:  # its lr is not learned yet: the plain spec
+    out["initial"] = evaluate.train_and_test(model, d.eval.spec, *decode(initial_images),
+                                             num_seeds=d.eval.num_seeds, **kw)
   if d.eval.baseline:
     ipc = int(np.bincount(np.asarray(labels)).max())
     subsets = [core.random_real_subset(rng.named_key(d.seed, "distill", "baseline", k), s.y_train,
                                        s.dataset.num_classes, ipc) for k in range(d.eval.num_seeds)]
-    sets = [(s.x_train[idx], s.y_train[idx]) for idx in subsets]
-    out["random_subset"] = evaluate.train_and_test(model, d.eval.spec, *sets[0], **kw,
-                                                   per_seed_sets=sets)
+    out["random_subset"] = evaluate.train_and_test_sets(
+        model, d.eval.spec, [(s.x_train[idx], s.y_train[idx]) for idx in subsets], **kw)
   return out
 
 
@@ -265,7 +269,7 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
     method, tx, learn, iterations = build(d, model, s.x_train, s.y_train, s.dataset.num_classes,
                                           expert_directory=directory, log=log)
     if d.eval.initial:
-      initial_images = np.asarray(learn["images"])  # run_outer donates learn
+      initial_images = np.array(learn["images"], copy=True)  # run_outer donates learn
     learn, summary = run_outer(method, tx, learn, iterations, rng.named_key(d.seed, "distill", "outer"),
                                log=log, log_every=d.log_every)
     images = np.asarray(learn["images"])
