@@ -16,7 +16,7 @@ from configs.parts import distill as distill_part
 
 def get_config():
   config = default.get_config()
-  config.stages = ("distill",)
+  config.stages = ("distill", "report")  # DIR/report.md: the set vs its baselines
   config.distill = distill_part.get_section()
   d = config.distill
   d.method, d.ipc = "dm", 10

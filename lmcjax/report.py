@@ -130,8 +130,9 @@ def distill_text(d: Dict[str, Any]) -> str:
           (("distilled set", "distilled"), ("its initialisation (before distillation)", "initial"),
            ("random real subsets, same size (one per seed)", "random_subset"))
           if isinstance(d.get(key), dict)]
-  head = (f"Method {d.get('method')}, {d.get('ipc')} images per class; test accuracy % of fresh "
-          "nets trained on each set (mean ± std over seeds):")
+  on = f" on {d['model']}" if d.get("model") else ""
+  head = (f"Method {d.get('method')}{on}, {d.get('ipc')} images per class; test accuracy % of "
+          "fresh nets trained on each set (mean ± std over seeds):")
   return head + "\n\n" + markdown_table(["training set", "test accuracy %", "eval lr"], rows)
 
 
@@ -142,7 +143,10 @@ def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
              "data_cost": data_cost_records(summary.get("imp", {})),
              **analysis_records(analysis),
              "versions": experiment.software_versions()}
-  sections = ["# lmcjax report", f"Dataset {summary.get('dataset')}, model {summary.get('model')}."]
+  # config.model is the network of train/imp/analysis; a distill-only run names its own.
+  uses_model = any(stage in summary for stage in ("train", "imp", "analysis"))
+  model = f", model {summary.get('model')}" if uses_model else ""
+  sections = ["# lmcjax report", f"Dataset {summary.get('dataset')}{model}."]
   if isinstance(summary.get("distill"), dict) and "distilled" in summary["distill"]:
     sections += ["## Distilled set", distill_text(summary["distill"])]
   if results["accuracy"]:

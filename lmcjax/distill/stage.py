@@ -286,5 +286,6 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
   result = evaluate_set(s, d, model, images, labels, meta, initial_images)
   logs.write_json(os.path.join(out_dir, "eval.json"), result)
   summary.update({k: {"mean": v["mean"], "std": v["std"], "lr": v["lr"]} for k, v in result.items()})
-  summary.update({"method": meta["method"], "ipc": meta["ipc"], "path": workdir_lib.distilled_set(workdir)})
+  summary.update({"method": meta["method"], "ipc": meta["ipc"], "model": meta.get("model", ""),
+                  "path": workdir_lib.distilled_set(workdir)})
   return summary
