@@ -54,9 +54,7 @@ def mtt_temp_bytes(config, s, syn_steps: int, remat: bool) -> int:
 def expert_epoch_seconds(config, s, vmapped: bool, num_experts: int) -> float:
   d = config.distill
   model = models.create(stage.model_config(config), s.dataset.num_classes)
-  cfg = stage.types.SimpleNamespace(num_experts=num_experts, num_expert_epochs=3,
-                                    lr_teacher=d.mtt.lr_teacher, batch_teacher=d.mtt.batch_teacher,
-                                    unroll=d.unroll)
+  cfg = stage.expert_settings(d.mtt, 3, d.unroll, num_experts)
   _, seconds = experts.train_experts(model, s.x_train, s.y_train, s.dataset.num_classes, cfg,
                                      jax.random.PRNGKey(0), vmapped=vmapped)
   return float(np.mean(seconds[1:]))  # epoch 0 includes compilation

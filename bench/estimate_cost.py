@@ -61,7 +61,7 @@ def flops_per_example(model_cfg, spec, num_classes, image_shape):
   (augmentation included), from XLA's cost analysis, and its parameter count."""
   model = models.create(model_cfg, num_classes)
   batch = spec.batch_size
-  _, init, step = train.compiled_run(model, train.spec_key(spec), num_classes, 1000)
+  _, init, step = train.compiled_run(model, spec, num_classes, 1000)
   state = init(jax.random.PRNGKey(0), jax.random.PRNGKey(1), jnp.zeros(image_shape))
   data = {"image": jnp.zeros((batch,) + tuple(image_shape)), "label": jnp.zeros((batch,), jnp.int32)}
   evaluate = jax.jit(train.make_eval_fn(model, batch))

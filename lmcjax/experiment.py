@@ -113,8 +113,7 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   n = int(images.shape[0])
   num_steps = train.total_steps(spec, n)
   batch = train.effective_batch(spec, n)
-  tx, _, step_fn = train.compiled_run(s.model, train.spec_key(spec), s.dataset.num_classes,
-                                      num_steps)
+  tx, _, step_fn = train.compiled_run(s.model, spec, s.dataset.num_classes, num_steps)
   # The jitted step donates the state; copy so the caller's trees survive.
   params, batch_stats = jax.tree.map(jnp.array, (params, batch_stats))
   if mask is not None:

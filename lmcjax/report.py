@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Sequence
 
 
 from lmcjax import experiment
+from lmcjax import imp
 from lmcjax import logs
 from lmcjax import workdir as layout
 
@@ -57,10 +58,7 @@ def accuracy_table(records: List[Dict[str, Any]]) -> str:
 def data_cost_records(imp_summary: Dict[str, Any]) -> List[Dict[str, Any]]:
   cost = imp_summary.get("data_cost", {})
   return [{"source": src, **{k: v for k, v in c.items() if not isinstance(v, dict)}}
-          for src, c in cost.items() if isinstance(c, dict) and src in _SOURCES]
-
-
-_SOURCES = ("real", "distilled", "combined", "random")
+          for src, c in cost.items() if isinstance(c, dict) and src in imp.SOURCES]
 
 
 def data_cost_text(imp_summary: Dict[str, Any]) -> str:

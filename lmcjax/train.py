@@ -147,13 +147,10 @@ def make_train_step(model, tx, augment_cfg, num_classes: int) -> Callable:
   return train_step
 
 
-def spec_key(spec) -> str:
-  """A hashable, human-readable key of a train spec (for compile caches)."""
-  return spec.to_json_best_effort(sort_keys=True)
-
-
-def compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapped: bool = False):
-  """See _compiled_run; one cache entry whether vmapped is passed or not."""
+def compiled_run(model, spec, num_classes: int, num_steps: int, vmapped: bool = False):
+  """See _compiled_run. The cache key is the spec's sorted JSON (a ConfigDict is
+  not hashable), and one entry serves whether vmapped is passed or not."""
+  spec_json = spec.to_json_best_effort(sort_keys=True)
   return _compiled_run(model, spec_json, num_classes, num_steps, bool(vmapped))
 
 

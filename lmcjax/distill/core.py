@@ -87,22 +87,16 @@ def init_images(key, x_real, y_real, num_classes: int, ipc: int, init: str = "re
   shape = tuple(x_real.shape[1:])
   if init == "noise":
     return jax.random.normal(key, (num_classes * ipc,) + shape, jnp.float32)
-  x_real = np.asarray(x_real)
-  images = []
-  for c in range(num_classes):
-    idx = np.flatnonzero(y_real == c)
-    pick = idx[np.asarray(jax.random.permutation(jax.random.fold_in(key, c), idx.size))]
-    chosen = x_real[pick[:ipc * factor * factor]]
-    if factor == 1:
-      images.append(chosen)
-    else:
-      groups = chosen.reshape((ipc, factor * factor) + shape)
-      images.append(np.stack([_tile_crops(g, factor, *shape[:2]) for g in groups]))
-  return jnp.asarray(np.concatenate(images), jnp.float32)
+  chosen = np.asarray(x_real)[random_real_subset(key, y_real, num_classes, ipc * factor * factor)]
+  if factor > 1:  # class-sorted, so consecutive groups of factor^2 share a class
+    groups = chosen.reshape((num_classes * ipc, factor * factor) + shape)
+    chosen = np.stack([_tile_crops(g, factor, *shape[:2]) for g in groups])
+  return jnp.asarray(chosen, jnp.float32)
 
 
 def random_real_subset(key, y_real, num_classes: int, ipc: int) -> np.ndarray:
-  """Indices of ipc random real examples per class: the same-size baseline."""
+  """Class-sorted indices of ipc distinct random real examples per class, each
+  class drawn with its own seeded permutation: the real init and the baseline."""
   y_real = np.asarray(y_real)
   out = []
   for c in range(num_classes):

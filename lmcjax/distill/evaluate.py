@@ -61,7 +61,7 @@ def train_and_test_sets(model, spec, sets: Sequence[TrainingSet], x_test, y_test
   k_init, k_order, k_aug = (jax.random.fold_in(key, i) for i in range(3))
   fold = lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(num_nets))
   orders = [train.BatchOrder(jax.random.fold_in(k_order, s), n, batch) for s in range(num_nets)]
-  _, init, step = train.compiled_run(model, train.spec_key(spec), num_classes, steps, vmapped)
+  _, init, step = train.compiled_run(model, spec, num_classes, steps, vmapped)
   if vmapped:
     states = _train_vmapped(init, step, orders, fold(k_init), fold(k_aug), sets, steps)
   else:

@@ -130,6 +130,13 @@ def expert_template(m, model, image_shape) -> Any:
   return jax.eval_shape(init, jax.random.PRNGKey(0))
 
 
+def expert_settings(m, num_epochs: int, unroll: bool, num_experts: int = 0):
+  """What experts.train_experts reads, from config.distill.mtt."""
+  return types.SimpleNamespace(num_experts=num_experts or m.num_experts, num_expert_epochs=num_epochs,
+                               lr_teacher=m.lr_teacher, batch_teacher=m.batch_teacher,
+                               unroll=unroll)
+
+
 def expert_trajectory(m, model, x_real, y_real, num_classes, aug, key, directory, log,
                       unroll=False):
   """Loads the experts' per-epoch params from `directory`, or trains and saves them."""
@@ -138,9 +145,7 @@ def expert_trajectory(m, model, x_real, y_real, num_classes, aug, key, directory
                       expert_template(m, model, x_real.shape[1:]))
   if directory and experts.saved_epochs(directory) > 0:
     return experts.load_experts(directory, like, num_epochs)
-  cfg = types.SimpleNamespace(num_experts=m.num_experts, num_expert_epochs=num_epochs - 1,
-                              lr_teacher=m.lr_teacher, batch_teacher=m.batch_teacher,
-                              unroll=unroll)
+  cfg = expert_settings(m, num_epochs - 1, unroll)
   trajectory, seconds = experts.train_experts(model, x_real, jnp.asarray(y_real), num_classes, cfg,
                                               key, directory, vmapped=True, aug=aug)
   if log is not None:
