@@ -9,15 +9,24 @@ once before timing) and their ratio, all measured in this one run:
   hutchinson:    32 probes in vmapped chunks of 8 vs one probe per call;
   landscape:     a 21x21 grid chunked-vmapped vs a jitted eval per point;
   branches:      N = 2, 4 copies as one vmapped scan vs N sequential train_run calls.
+
+Then ConvNet-3 w32 (instance norm) on 32x32x3 images (random CIFAR-shaped
+pixels, 5,000 train: the cost is that of CIFAR-10 5k), where the execution is
+chosen per backend: SGD-noise branches per copy-epoch, with the 'auto' choice
+(on CPU: the jitted step driven from Python) and with the vmapped scan,
+against the train stage per epoch. The last line is
+  conv branches per copy-epoch / train stage per epoch: R
 """
 import os
 import sys
+import tempfile
 import time
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,6 +40,8 @@ from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-pos
 
 flags.DEFINE_integer("epochs", 3, "Training epochs of each branch copy.")
 flags.DEFINE_integer("repeats", 2, "Timed repeats; the best is reported.")
+flags.DEFINE_float("conv_epochs", 1.0, "Epochs of each ConvNet run (train stage and copies).")
+flags.DEFINE_bool("conv_vmapped", True, "Also time the vmapped scan on the ConvNet (slow on CPU).")
 FLAGS = flags.FLAGS
 
 
@@ -95,6 +106,47 @@ def bench_branches(s, start, num, repeats):
          "vmapped", "sequential")
 
 
+def conv_setup(epochs: float, workdir: str):
+  """ConvNet-3 w32 on 5,000 + 1,000 random 32x32x3 images, the study's train spec."""
+  from configs import cifar10_small  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  path = os.path.join(workdir, "cifar_shaped.npz")
+  np.savez(path, x_train=rng.integers(0, 256, (5000, 32, 32, 3), dtype=np.uint8),
+           y_train=(np.arange(5000) % 10).astype(np.int32),
+           x_test=rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8),
+           y_test=(np.arange(1000) % 10).astype(np.int32))
+  config = cifar10_small.get_config()
+  config.data.update(name="npz", npz_path=path, train_subset=0, test_subset=0)
+  config.train.epochs = epochs
+  config.log_every_steps = 0
+  return experiment.setup(config)
+
+
+def timed_once(fn) -> float:
+  """Wall time of fn() after one untimed call of the same program (compile)."""
+  return best_time(fn, 1)
+
+
+def bench_conv_branches(epochs: float, vmapped: bool) -> None:
+  with tempfile.TemporaryDirectory() as workdir:
+    s = conv_setup(epochs, workdir)
+  spec, copies = s.config.train, 2
+  run = lambda: experiment.train_run(s, spec, s.init_params, {}, None, seed_path=("bench",),
+                                     stage="bench", evaluate_test=False).state.params
+  per_epoch = timed_once(run) / epochs
+  branch = lambda execution: lambda: branches.train_branches(
+      s, spec, s.init_params, {}, None, prefix=("bench",), num_copies=copies, chunk=copies,
+      execution=execution).params
+  auto = timed_once(branch("auto")) / (copies * epochs)
+  print(f"ConvNet-3 w32 32x32x3, 5000 images: train stage {per_epoch:7.2f}s/epoch; branches "
+        f"({train.resolve_execution('auto')}) {auto:7.2f}s per copy-epoch", flush=True)
+  if vmapped:
+    scan = timed_once(branch("vmapped")) / (copies * epochs)
+    print(f"ConvNet-3 w32 branches, vmapped scan: {scan:7.2f}s per copy-epoch "
+          f"(x{scan / auto:.2f} the auto choice)", flush=True)
+  print(f"conv branches per copy-epoch / train stage per epoch: {auto / per_epoch:.2f}", flush=True)
+
+
 def main(argv):
   del argv
   config = default.get_config()
@@ -111,6 +163,7 @@ def main(argv):
   bench_landscape(s, ends[0], FLAGS.repeats)
   for num in (2, 4):
     bench_branches(s, start, num, FLAGS.repeats)
+  bench_conv_branches(FLAGS.conv_epochs, FLAGS.conv_vmapped)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ IDC's published sets instead: convert one to lmcjax's npz and pass
 """
 from configs import default
 from configs import distill_idc_cifar10
-
-FULL_DSA = "color_crop_cutout_flip_scale_rotate"  # CIFAR images may be mirrored
+from configs.parts import augment as augment_part
 
 
 def get_config():
@@ -27,13 +26,15 @@ def get_config():
   config.train.update(lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64,
                       schedule="multistep", milestones=(2 / 3, 5 / 6), gamma=0.2,
                       epochs=60)  # the paper does not pin the epoch count; 60 converges
-  config.train.augment.update(kind="dsa", dsa_strategy=FULL_DSA, cutmix_prob=0.5, cutmix_beta=1.0)
-  config.distill = distill_idc_cifar10.get_config().distill
+  augment_part.apply(config, "cifar10")
+  config.distill = distill_idc_cifar10.get_config().distill  # IDC's own augmentation
+  # The seed paper trains on real data with DSA + CutMix, not crop+flip.
+  config.train.augment.update(kind="dsa", dsa_strategy=augment_part.FLIP_DSA, cutmix_prob=0.5,
+                              cutmix_beta=1.0)
   # IMP: 20% of the remaining weights per round; the distilled source trains
   # 1000 epochs on the distilled set each round (paper), same optimizer.
   config.imp.rounds = 9  # 86.6% sparsity
   config.imp.distilled_train.epochs = 1000
-  config.imp.distilled_train.augment.dsa_strategy = FULL_DSA
   # Four branches: all pairwise barriers and the seed paper's four-seed plane.
   config.analysis.num_branches = 4
   config.analysis.landscape.kinds = ("three_point", "four_seed")

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lmcjax import logs
+from lmcjax import pooled
 from lmcjax import sweep
 from lmcjax import validate
 
@@ -179,4 +180,17 @@ def aggregate(root: str, patterns: Sequence[str] = ()) -> List[Record]:
   with open(f"{path}.tmp", "w") as f:
     f.write(markdown(root, records, patterns))
   os.replace(f"{path}.tmp", path)
+  _pool_replicates(root, records)
   return records
+
+
+def _pool_replicates(root: str, records: Sequence[Record]) -> None:
+  """pooled.study over finished jobs that differ only in seeds.* (the first such
+  group when other axes vary too)."""
+  done = [r for r in records if r["status"] == DONE]
+  others = [c for c in override_columns(done) if not c.startswith(SEED_PREFIX)]
+  groups: Dict[Tuple[str, ...], List[Record]] = {}
+  for r in done:
+    groups.setdefault(tuple(_cell(r.get(c)) for c in others), []).append(r)
+  if len(groups) == 1:
+    pooled.study(root, next(iter(groups.values())))

@@ -1,13 +1,19 @@
 """The analysis stage: linear mode connectivity of the dense net and IMP's masks.
 
-For each analysed model (the dense net, then each target mask of the IMP
-stage) it trains config.analysis.num_branches SGD-noise copies from the
-rewind point, then writes under DIR/analysis/MODEL/:
+For each analysed model (the dense net, then each source's mask at every
+analysed IMP round) it trains config.analysis.num_branches SGD-noise copies
+from the start point (init, IMP's rewind point, or an epoch of the dense run;
+with imp.rewind_schedule='continue' they train the remaining steps, as
+Frankle et al.), then writes under DIR/analysis/MODEL/:
   interpolation_SPLIT_BN.json  every pairwise path and its barriers;
   landscape_KIND.npz/.png      raw grid and contour plot;
   hessian.json/.npz            Hutchinson diagonal summaries, trace, top eigenvalue;
 and, across models, DIR/analysis/{interpolation,barrier_vs_sparsity,
-hessian_hist}.png with their .json and summary.json.
+hessian_hist}.png with their .json and summary.json. With
+analysis.instability.enabled, DIR/analysis/instability.{json,npz,png}: the
+error barrier between copies against the rewind epoch (Frankle et al. 2020,
+Fig. 3), for the dense net and each source's sparsest analysed mask.
+Every barrier and accuracy carries a 95% CI and its count (lmcjax.stats).
 """
 import os
 import re
@@ -20,14 +26,17 @@ import numpy as np
 
 from lmcjax import branches as branches_lib
 from lmcjax import checkpoints
+from lmcjax import dense
 from lmcjax import experiment
 from lmcjax import hessian
+from lmcjax import imp
 from lmcjax import interpolate
 from lmcjax import landscape
 from lmcjax import logs
 from lmcjax import masks
 from lmcjax import plots
 from lmcjax import rng
+from lmcjax import stats
 from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
@@ -39,7 +48,11 @@ TARGET = re.compile(r"^([a-z_]+):(\d+)$")
 # Stage interface (experiment.STAGE_MODULES): the config sections read, the
 # stages whose outputs are read (rewind point, masks, distilled set), and the
 # outputs moved aside when the inputs change.
-CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "analysis")
+CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "analysis",
+                 "parallel", "imp.rewind_schedule", "imp.rewind_step", "imp.rewind_epochs",
+                 "imp.sources", "imp.rounds")
+STARTS = ("rewind", "init", "epoch")
+DETAIL = ("all", "dense_and_sparsest")
 DEPENDS_ON = ("distill", "imp")
 OUTPUT_DIRS = lambda wd: (layout.analysis_dir(wd),)
 
@@ -49,10 +62,22 @@ def check_config(config) -> None:
   validate.require("analysis" in config, "the analysis stage needs config.analysis "
                    "(configs/parts/analysis.py get_section())")
   a = config.analysis
-  validate.choice("analysis.start", a.start, ("rewind", "init"))
+  validate.choice("analysis.start", a.start, STARTS)
+  validate.choice("analysis.execution", a.execution, train.EXECUTIONS)
+  validate.choice("analysis.detail_models", a.detail_models, DETAIL)
   for t in a.targets:
     validate.require(bool(TARGET.match(str(t))),
                      f"analysis.targets entry {t!r} is not 'source:round', e.g. 'real:4'")
+    _check_round(config, int(TARGET.match(str(t)).group(2)), f"analysis.targets entry {t!r}")
+  for r in a.rounds:
+    _check_round(config, r, f"analysis.rounds entry {r!r}")
+  if a.start == "epoch":
+    dense.epoch_step(config, 1, a.start_epoch, "analysis.start_epoch")
+  validate.require(a.reuse_config_train or a.start == "init" or
+                   config.imp.rewind_schedule == "restart",
+                   "imp.rewind_schedule='continue' continues config.train's schedule: set "
+                   "analysis.reuse_config_train=True, or analysis.start='init'")
+  _check_instability(config)
   validate.require(a.num_branches >= 2, f"analysis.num_branches must be >= 2, got {a.num_branches!r}")
   validate.positive("analysis.branch_chunk", a.branch_chunk)
   if not a.reuse_config_train:
@@ -71,6 +96,31 @@ def check_config(config) -> None:
   validate.positive("analysis.bn_reset_batch_size", a.bn_reset_batch_size)
   _check_landscape(a.landscape, a.num_branches)
   _check_hessian(a.hessian)
+
+
+def _check_round(config, r, what: str) -> None:
+  """Rounds 1..imp.rounds have masks (round 0 is the dense net)."""
+  validate.require(isinstance(r, int) and 1 <= r <= config.imp.rounds,
+                   f"{what}: IMP produces masks at rounds 1..{config.imp.rounds} "
+                   f"(imp.rounds={config.imp.rounds}), not round {r!r}")
+
+
+def _check_instability(config) -> None:
+  c = config.analysis.instability
+  if not c.enabled:
+    return
+  validate.require(len(c.rewind_epochs) > 0, "analysis.instability.rewind_epochs is empty")
+  for e in c.rewind_epochs:
+    dense.epoch_step(config, 1, e, "analysis.instability.rewind_epochs entry")
+    validate.require(e < config.train.epochs, f"analysis.instability.rewind_epochs entry {e!r} "
+                     f"leaves no training after it (train.epochs={config.train.epochs})")
+  validate.require(c.num_copies >= 2, f"analysis.instability.num_copies must be >= 2, "
+                   f"got {c.num_copies!r}")
+  validate.require(c.num_alphas >= 2, f"analysis.instability.num_alphas must be >= 2, "
+                   f"got {c.num_alphas!r}")
+  validate.choice("analysis.instability.split", c.split, ("train", "test"))
+  for r in c.rounds:
+    _check_round(config, r, f"analysis.instability.rounds entry {r!r}")
 
 
 def _check_landscape(c, num_branches: int) -> None:
@@ -103,14 +153,22 @@ def alphas(a) -> np.ndarray:
   return np.union1d(grid, np.asarray([0.0, 1.0], np.float32)).astype(np.float32)
 
 
-def _start_point(s, a, wd: str) -> PyTree:
-  like = {"params": s.init_params, "batch_stats": s.init_batch_stats}
-  if a.start == "init":
-    return like
-  path = layout.rewind_point(wd)
-  validate.require(checkpoints.exists(path), f"analysis.start='rewind' but there is no rewind "
-                   f"point at {path}: run the imp stage first or set analysis.start='init'")
-  return checkpoints.load_tree(path, like=like, what="rewind point")
+def start_step(s, a) -> int:
+  """The dense-run step the branches start from (0 = init)."""
+  n = int(s.x_train.shape[0])
+  if a.start == "rewind":
+    return imp.rewind_step(s.config, n)
+  return dense.epoch_step(s.config, n, a.start_epoch) if a.start == "epoch" else 0
+
+
+def _start_point(s, a, wd: str, log) -> Tuple[PyTree, int]:
+  """(the {'params', 'batch_stats'} the copies start from, its dense-run step).
+
+  IMP's rewind point is step j of the dense run (lmcjax.dense), so no IMP
+  stage is needed to start from it.
+  """
+  step = start_step(s, a)
+  return dense.load(s, wd, step, log), step
 
 
 def _mask_rounds(wd: str, source: str) -> List[int]:
@@ -128,10 +186,21 @@ def _discover_targets(wd: str) -> List[str]:
           for rounds in [_mask_rounds(wd, src)] if rounds and max(rounds) > 0]
 
 
+def _targets(s, a, wd: str) -> Tuple[str, ...]:
+  """'source:round' of every analysed mask: explicit targets, else every IMP
+  source at analysis.rounds, else the last round of every source found."""
+  if a.targets:
+    return tuple(a.targets)
+  if a.rounds:
+    sources = [src for src in imp.SOURCES if src in s.config.imp.sources]
+    return tuple(f"{src}:{r}" for src in sources for r in sorted(a.rounds))
+  return tuple(_discover_targets(wd))
+
+
 def _models(s, a, wd: str) -> List[Tuple[str, str, Optional[PyTree]]]:
   """(name, source, mask) of every analysed model; the dense one has no mask."""
   out = [("dense", "dense", None)] if a.include_dense else []
-  for target in (tuple(a.targets) or _discover_targets(wd)):
+  for target in _targets(s, a, wd):
     source, round_index = TARGET.match(target).groups()
     path = layout.mask(wd, source, int(round_index))
     validate.require(checkpoints.exists(path), f"analysis target {target!r}: no mask at {path}")
@@ -236,14 +305,35 @@ def _flat_named(tree: PyTree) -> Dict[str, np.ndarray]:
   return {masks.path_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def analyse_model(s, a, name: str, mask, start: PyTree, spec, splits, out_dir: str,
-                  log: logs.MetricsLog) -> Tuple[Dict[str, Any], Dict[str, Any], np.ndarray]:
-  """Branches, pairwise paths, landscapes and Hessian of one model."""
+def _branch_errors(s, stacked, num: int) -> List[float]:
+  return [1.0 - experiment.evaluate(s, interpolate.take(stacked["params"], i),
+                                    interpolate.take(stacked["batch_stats"], i))["accuracy"]
+          for i in range(num)]
+
+
+def barrier_statistics(s, pairs: List[Dict[str, Any]], test_errors: List[float]) -> Dict[str, Any]:
+  """Per-pair error barriers and the copies' test accuracy, each with a 95% CI
+  and the count behind it. One workdir is one init seed: the barrier CI is
+  over pairs within it, which share copies (stats.barrier_ci warns)."""
+  seed = s.config.seeds.init
+  barriers = [p["error_barrier"] for p in pairs]
+  accuracy = [1.0 - e for e in test_errors]
+  return {"error_barriers": barriers, "error_barrier_ci": stats.barrier_ci({seed: barriers}),
+          "test_accuracy": accuracy,
+          "test_accuracy_ci": stats.mean_accuracy_ci(accuracy, int(s.x_test.shape[0]))}
+
+
+def analyse_model(s, a, name: str, mask, start: PyTree, start_at: int, spec, splits,
+                  out_dir: str, log: logs.MetricsLog, detail: bool = True
+                  ) -> Tuple[Dict[str, Any], Dict[str, Any], np.ndarray]:
+  """Branches, pairwise paths, and (with detail) landscapes and Hessian of one model."""
   os.makedirs(out_dir, exist_ok=True)
   timings, tick = {}, time.perf_counter()
+  branch_start = dense.start_step(s.config.imp.rewind_schedule, start_at)
   copies = branches_lib.train_branches(s, spec, start["params"], start["batch_stats"], mask,
                                        prefix=("analysis", name), num_copies=a.num_branches,
-                                       chunk=a.branch_chunk)
+                                       chunk=a.branch_chunk, start_step=branch_start,
+                                       execution=a.execution)
   stacked = copies.ends()
   jax.block_until_ready(stacked)
   timings["branches_s"] = time.perf_counter() - tick
@@ -251,18 +341,20 @@ def analyse_model(s, a, name: str, mask, start: PyTree, spec, splits, out_dir: s
   paths = _paths(s, a, stacked, mask, splits, out_dir)
   timings["interpolation_s"] = time.perf_counter() - tick
   tick = time.perf_counter()
-  lands = _landscapes(s, a, name, stacked, mask, splits, out_dir)
+  lands = _landscapes(s, a, name, stacked, mask, splits, out_dir) if detail else {}
   timings["landscape_s"] = time.perf_counter() - tick
   tick = time.perf_counter()
   curvature, diag_values = (_hessian(s, a, name, stacked, mask, splits, out_dir)
-                            if a.hessian.enabled else ({}, np.zeros(0)))
+                            if a.hessian.enabled and detail else ({}, np.zeros(0)))
   timings["hessian_s"] = time.perf_counter() - tick
-  test_error = [1.0 - experiment.evaluate(s, interpolate.take(stacked["params"], i),
-                                          interpolate.take(stacked["batch_stats"], i))["accuracy"]
-                for i in range(a.num_branches)]
+  test_error = _branch_errors(s, stacked, a.num_branches)
   summary = {"sparsity": masks.sparsity(mask, s.prunable) if mask is not None else 0.0,
+             "start": {"kind": a.start, "dense_step": start_at, "branch_start_step": branch_start,
+                       "schedule": s.config.imp.rewind_schedule},
              "branch_final_train_loss": copies.final_loss.tolist(), "branch_cost": copies.cost,
              "barriers": {k: v["summary"] for k, v in paths.items()},
+             "barrier_stats": {k: barrier_statistics(s, v["pairs"], test_error)
+                               for k, v in paths.items()},
              "branch_test_error": test_error, "landscape": lands,
              "hessian": {k: v for k, v in curvature.items() if k != "layers"},
              "timings": timings}
@@ -271,6 +363,94 @@ def analyse_model(s, a, name: str, mask, start: PyTree, spec, splits, out_dir: s
                             **timings})
   logs.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary, paths, diag_values
+
+
+# ---------------------------------------------------------------- instability
+
+
+def _instability_models(s, a, models) -> List[Tuple[str, Optional[PyTree]]]:
+  """The dense net and each source's mask at instability.rounds (default: the
+  sparsest analysed round of each source)."""
+  c = a.instability
+  out = [(name, mask) for name, _, mask in models if name == "dense" and c.include_dense]
+  masked = [(name, src, mask) for name, src, mask in models if mask is not None]
+  for src in dict.fromkeys(src for _, src, _ in masked):
+    mine = {int(name.rsplit("_r", 1)[1]): (name, mask) for name, s_, mask in masked if s_ == src}
+    for r in (tuple(c.rounds) or (max(mine),)):
+      validate.require(r in mine, f"analysis.instability.rounds entry {r} is not an analysed "
+                       f"round of {src!r} (analysed: {sorted(mine)})")
+      out.append(mine[r])
+  return out
+
+
+def _instability_point(s, a, wd, name, mask, step, splits, log) -> Dict[str, Any]:
+  """Copies from step `step` of the dense run (times the mask) and their barriers."""
+  c = a.instability
+  start = dense.load(s, wd, step, log)
+  copies = branches_lib.train_branches(
+      s, s.config.train, start["params"], start["batch_stats"], mask,
+      prefix=("instability", name, step), num_copies=c.num_copies, chunk=a.branch_chunk,
+      start_step=dense.start_step(s.config.imp.rewind_schedule, step), execution=a.execution)
+  stacked = copies.ends()
+  result = interpolate.pairwise(s.model, stacked, interpolate.default_alphas(c.num_alphas),
+                                *splits[c.split], mask=mask,
+                                eval_batch_size=s.config.eval_batch_size,
+                                alpha_chunk=a.alpha_chunk)
+  return {"step": step, **barrier_statistics(s, result["pairs"],
+                                             _branch_errors(s, stacked, c.num_copies))}
+
+
+def _reusable(a, start_at: int, analysed: Dict[str, Any]):
+  """name -> barrier_statistics of the barrier analysis' own copies, where they
+  are the copies an instability point would train: the same start step, copy
+  count, split and alphas (their seed paths differ only by name)."""
+  c = a.instability
+  where = f"{c.split}/interpolate"
+  same_alphas = np.array_equal(alphas(a), interpolate.default_alphas(c.num_alphas))
+  if not (same_alphas and c.num_copies == a.num_branches):
+    return lambda name, step: None
+  return lambda name, step: (analysed[name]["barrier_stats"].get(where)
+                             if step == start_at and name in analysed else None)
+
+
+def instability(s, a, wd: str, models, splits, out_dir: str, log, start_at: int = -1,
+                analysed: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Error barrier between SGD-noise copies against the rewind epoch, per model.
+
+  A point at the barrier analysis' own start step reuses its copies
+  (`analysed`: model name -> analyse_model summary) instead of training more.
+  """
+  c = a.instability
+  n = int(s.x_train.shape[0])
+  steps = [dense.epoch_step(s.config, n, e) for e in c.rewind_epochs]
+  dense.ensure_snapshots(s, wd, steps, log)
+  reused = _reusable(a, start_at, analysed or {})
+  curves = {}
+  for name, mask in _instability_models(s, a, models):
+    curves[name] = []
+    for epoch, step in zip(c.rewind_epochs, steps):
+      prior = reused(name, step)
+      point = ({"step": step, **prior} if prior else
+               _instability_point(s, a, wd, name, mask, step, splits, log))
+      curves[name].append({"epoch": float(epoch), "reused_analysis_copies": prior is not None,
+                           **point})
+    logging.info("instability %s: barriers %s", name,
+                 [round(p["error_barrier_ci"]["estimate"], 4) for p in curves[name]])
+  out = {"split": c.split, "schedule": s.config.imp.rewind_schedule, "num_copies": c.num_copies,
+         "epochs": [float(e) for e in c.rewind_epochs], "steps": steps, "models": curves}
+  stem = os.path.join(out_dir, "instability")
+  logs.write_json(stem + ".json", out)
+  np.savez(stem + ".npz", epochs=np.asarray(out["epochs"]), steps=np.asarray(steps),
+           **{f"barriers/{name}": np.asarray([p["error_barriers"] for p in curve])
+              for name, curve in curves.items()})
+  out["png"] = plots.plot_instability(stem, curves, c.split)
+  return out
+
+
+def _ci_row(result, first) -> Dict[str, float]:
+  ci = result[0]["barrier_stats"][first(result[1])]["error_barrier_ci"]
+  return {"x": 100 * result[0]["sparsity"], "estimate": ci["estimate"], "low": ci["low"],
+          "high": ci["high"]}
 
 
 def _figures(a, results, out_dir: str) -> Dict[str, str]:
@@ -283,20 +463,30 @@ def _figures(a, results, out_dir: str) -> Dict[str, str]:
              "alphas": p["alphas"], "error": p["error"], "loss": p["loss"]}
             for name, (_, paths, _) in results.items() for p in paths[first(paths)]["pairs"]]
   files = {"interpolation": plots.plot_interpolation(os.path.join(out_dir, "interpolation"), curves)}
-  row = lambda r: {"sparsity": r[0]["sparsity"], **r[0]["barriers"][first(r[1])]}
   series: Dict[str, List[Dict[str, float]]] = {}
   for name, result in results.items():
     if name != "dense":
-      dense = [row(results["dense"])] if "dense" in results else []
-      series.setdefault(name.rsplit("_r", 1)[0], dense).append(row(result))
+      dense_row = [_ci_row(results["dense"], first)] if "dense" in results else []
+      series.setdefault(name.rsplit("_r", 1)[0], dense_row).append(_ci_row(result, first))
   if series:
-    files["barrier_vs_sparsity"] = plots.plot_barrier_vs_sparsity(
-        os.path.join(out_dir, "barrier_vs_sparsity"), series)
+    files["barrier_vs_sparsity"] = plots.plot_ci_lines(
+        os.path.join(out_dir, "barrier_vs_sparsity"), series, "sparsity (%)",
+        f"{first(next(iter(results.values()))[1])} error barrier (%), 95% CI",
+        "one seed: CI over pairs, which share copies")
   if a.hessian.enabled:
     files["hessian_hist"] = plots.plot_hessian_histograms(
         os.path.join(out_dir, "hessian_hist"), {n: r[2] for n, r in results.items()},
         a.hessian.hist_bins)
   return files
+
+
+def _detailed(name: str, models, a) -> bool:
+  """Landscapes and the Hessian for every model, or the dense net and each
+  source's sparsest analysed mask (analysis.detail_models)."""
+  if a.detail_models == "all" or name == "dense":
+    return True
+  source = name.rsplit("_r", 1)[0]
+  return name == max(n for n, src, _ in models if src == source)
 
 
 def run_stage(s, wd: str, log: logs.MetricsLog) -> Dict[str, Any]:
@@ -305,16 +495,22 @@ def run_stage(s, wd: str, log: logs.MetricsLog) -> Dict[str, Any]:
   check_config(s.config)
   out_dir = layout.analysis_dir(wd)
   os.makedirs(out_dir, exist_ok=True)
-  start = _start_point(s, a, wd)
+  start, start_at = _start_point(s, a, wd, log)
   models = _models(s, a, wd)
   splits = _splits(s, a, wd)
   spec = s.config.train if a.reuse_config_train else a.branch_train
   logging.info("analysis: %s with %d branches each", [m[0] for m in models], a.num_branches)
   results = {}
   for name, _, mask in models:
-    results[name] = analyse_model(s, a, name, mask, start, spec, splits,
-                                  os.path.join(out_dir, name), log)
+    results[name] = analyse_model(s, a, name, mask, start, start_at, spec, splits,
+                                  os.path.join(out_dir, name), log, _detailed(name, models, a))
   summary = {"models": {name: r[0] for name, r in results.items()},
-             "figures": _figures(a, results, out_dir), "num_alphas": int(alphas(a).size)}
+             "figures": _figures(a, results, out_dir), "num_alphas": int(alphas(a).size),
+             "num_test": int(s.x_test.shape[0]), "seed": s.config.seeds.init,
+             "start": {"kind": a.start, "dense_step": start_at,
+                       "schedule": s.config.imp.rewind_schedule}}
+  if a.instability.enabled:
+    summary["instability"] = instability(s, a, wd, models, splits, out_dir, log, start_at,
+                                         summary["models"])
   logs.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary

@@ -172,6 +172,48 @@ def check_config(cfg) -> None:
   validate.choice("data.name", cfg.name, DATASETS)
   if cfg.name == "npz":
     validate.require(bool(cfg.npz_path), "data.name='npz' needs data.npz_path")
+  for field in ("train_subset", "test_subset"):
+    size = cfg.get(field, 0)
+    validate.require(isinstance(size, int) and size >= 0,
+                     f"data.{field} must be an integer >= 0 (0 = the whole split), got {size!r}")
+    validate.require(not size or cfg.name not in BUILTIN_DATASETS,
+                     f"data.{field}={size} is not supported for data.name={cfg.name!r}: its "
+                     "split is fixed by the dataset's definition; use a tfds dataset or an npz")
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int, what: str) -> np.ndarray:
+  """Sorted indices of `size` examples, as equal per class as the split allows.
+
+  Classes get size // C each and the remainder goes to the classes drawn
+  first in a seeded order, each class's examples in a seeded order.
+  """
+  validate.require(size <= len(labels), f"{what}={size} is larger than the split "
+                   f"({len(labels)} examples)")
+  rng = np.random.default_rng(seed)
+  classes = rng.permutation(np.unique(labels))
+  pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+  quota = {c: size // len(classes) for c in classes}
+  for c in classes[:size % len(classes)]:
+    quota[c] += 1
+  short = sum(max(0, quota[c] - len(pools[c])) for c in classes)
+  validate.require(short == 0, f"{what}={size}: some classes have too few examples for a "
+                   "stratified subset of that size")
+  return np.sort(np.concatenate([pools[c][:quota[c]] for c in classes]))
+
+
+def take_subsets(ds: Dataset, cfg) -> Dataset:
+  """The config's stratified, seeded train/test subsets (0 = the whole split)."""
+  train_size, test_size = cfg.get("train_subset", 0), cfg.get("test_subset", 0)
+  if not (train_size or test_size):
+    return ds
+  x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+  if train_size:
+    idx = stratified_subset(y_train, train_size, cfg.subset_seed, "data.train_subset")
+    x_train, y_train = x_train[idx], y_train[idx]
+  if test_size:
+    idx = stratified_subset(y_test, test_size, cfg.subset_seed + 1, "data.test_subset")
+    x_test, y_test = x_test[idx], y_test[idx]
+  return dataclasses.replace(ds, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
 _BUILTIN_LOADERS: Dict[str, Callable[[], Dataset]] = {
@@ -181,10 +223,10 @@ _BUILTIN_LOADERS: Dict[str, Callable[[], Dataset]] = {
 
 
 def load(cfg) -> Dataset:
-  """Loads the dataset named by config.data."""
+  """Loads the dataset named by config.data (and its configured subsets)."""
   check_config(cfg)
   if cfg.name in _BUILTIN_LOADERS:
     return _BUILTIN_LOADERS[cfg.name]()
   if cfg.name == "npz":
-    return load_npz(cfg.npz_path)
-  return load_tfds(cfg.name, cfg.data_dir, cfg.download)
+    return take_subsets(load_npz(cfg.npz_path), cfg)
+  return take_subsets(load_tfds(cfg.name, cfg.data_dir, cfg.download), cfg)

@@ -66,9 +66,7 @@ def check_config(config) -> None:
   validate.non_negative("checkpoint_every_steps", config.checkpoint_every_steps)
   parallel.check_config(config)
   for stage in config.stages:
-    module = stage_module(stage)
-    if module.__name__ != __name__:
-      module.check_config(config)
+    stage_module(stage).check_config(config)
 
 
 def setup(config) -> Setup:
@@ -97,7 +95,8 @@ def evaluate(s: Setup, params, batch_stats, split: str = "test") -> Dict[str, fl
 def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
               seed_path: Tuple[Any, ...], stage: str, log: Optional[logs.MetricsLog] = None,
               images=None, labels=None, checkpoint_dir: str = "",
-              stop_step: Optional[int] = None) -> RunResult:
+              stop_step: Optional[int] = None, start_step: int = 0,
+              on_step: Optional[Callable] = None, evaluate_test: bool = True) -> RunResult:
   """Trains (params, batch_stats) under `mask` with `spec` and evaluates on test.
 
   The data order and augmentation draws come from config.seeds.data_order and
@@ -105,7 +104,10 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   in seed_path differ only in SGD noise. With checkpoint_dir, the state is
   saved every config.checkpoint_every_steps and a rerun resumes from it.
   With stop_step, training stops there with the full run's schedule: the state
-  is an exact prefix of the full run (a rewind point at step k).
+  is an exact prefix of the full run (a rewind point at step k). With
+  start_step = k, (params, batch_stats) are taken as the run's state at step k
+  (Frankle et al.'s rewinding): it trains the remaining steps k..T-1 with the
+  schedule continued at k and a fresh optimizer. on_step: see train.fit.
   The caller's arrays are copied, never donated.
   """
   images = s.x_train if images is None else images
@@ -113,13 +115,16 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   n = int(images.shape[0])
   num_steps = train.total_steps(spec, n)
   batch = train.effective_batch(spec, n)
-  tx, _, step_fn = train.compiled_run(s.model, spec, s.dataset.num_classes, num_steps)
+  validate.require(0 <= start_step <= num_steps, f"rewind step {start_step} is beyond the "
+                   f"{num_steps} steps of this run (epochs={spec.epochs})")
+  tx, _, step_fn = train.compiled_run(s.model, spec, s.dataset.num_classes, num_steps,
+                                      start_step=start_step)
   # The jitted step donates the state; copy so the caller's trees survive.
   params, batch_stats = jax.tree.map(jnp.array, (params, batch_stats))
   if mask is not None:
     params = masks.apply(params, mask)
   aug_key = rng.named_key(s.config.seeds.augment, "augment", *seed_path)
-  state = train.create_state(params, batch_stats, tx, aug_key)
+  state = train.create_state(params, batch_stats, tx, aug_key, start_step)
   checkpointer = None
   if checkpoint_dir:
     checkpointer = checkpoints.StateCheckpointer(checkpoint_dir, s.config.checkpoint_every_steps)
@@ -132,11 +137,11 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   state = train.fit(state, step_fn, images, labels, mask, order, end, stage=stage,
                     log_every=s.config.log_every_steps,
                     on_log=log.logger(stage) if log else None, checkpointer=checkpointer,
-                    place_batch=placer)
+                    place_batch=placer, on_step=on_step)
   if checkpointer:
     checkpointer.close()
-  test = evaluate(s, state.params, state.batch_stats)
-  return RunResult(state, test, train.data_cost(end, batch, n))
+  test = evaluate(s, state.params, state.batch_stats) if evaluate_test else {}
+  return RunResult(state, test, train.data_cost(end - start_step, batch, n))
 
 
 def software_versions() -> Dict[str, str]:
@@ -146,40 +151,19 @@ def software_versions() -> Dict[str, str]:
           "numpy": np.__version__, "backend": jax.default_backend()}
 
 
-# The dense real-data run's seed path: the train stage and IMP's rewind point share it.
-DENSE_SEED_PATH = ("dense",)
-
-
-def train_stage(s: Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
-  """Trains the dense model on real data with config.train."""
-  result = train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
-                     seed_path=DENSE_SEED_PATH, stage="train", log=log)
-  train_metrics = evaluate(s, result.state.params, result.state.batch_stats, "train")
-  log.write("train", int(result.state.step), {"test_loss": result.test["loss"],
-                                              "test_accuracy": result.test["accuracy"]})
-  return {"test_accuracy": result.test["accuracy"], "test_loss": result.test["loss"],
-          "train_accuracy": train_metrics["accuracy"], "train_loss": train_metrics["loss"],
-          "steps": int(result.state.step), **result.cost}
-
-
 # Stage name -> module exposing run_stage(setup, workdir, log) -> summary dict,
 # check_config(config) (raises InputError before any compute), CONFIG_FIELDS
 # (the config sections it reads), DEPENDS_ON (earlier stages whose outputs it
 # reads) and OUTPUT_DIRS(workdir) (what it writes, moved aside when stale);
 # optionally REPORT_ONLY_FIELDS (see stage_inputs).
 STAGE_MODULES: Dict[str, str] = {
-    "train": "lmcjax.experiment",
+    "train": "lmcjax.dense",
     "distill": "lmcjax.distill",
     "imp": "lmcjax.imp",
     "analysis": "lmcjax.analysis",
     "report": "lmcjax.report",
 }
 STAGES = tuple(STAGE_MODULES)
-# The dense "train" stage.
-CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size")
-DEPENDS_ON = ()
-OUTPUT_DIRS = lambda workdir: ()
-run_stage = train_stage
 
 
 def stage_module(name: str):
@@ -187,8 +171,16 @@ def stage_module(name: str):
   return importlib.import_module(STAGE_MODULES[name])
 
 
-def _section(config, field):
-  value = config[field]
+def _has(config, field: str) -> bool:
+  head, *rest = field.split(".")
+  return head in config and (not rest or _has(config[head], ".".join(rest)))
+
+
+def _section(config, field: str):
+  """A config section or a dotted field ('analysis.rounds') as plain data."""
+  value = config
+  for key in field.split("."):
+    value = value[key]
   return value.to_dict() if hasattr(value, "to_dict") else value
 
 
@@ -202,7 +194,7 @@ def stage_inputs(config, stage: str, downstream: bool = False) -> Dict[str, Any]
   them reruns this stage alone.
   """
   module = stage_module(stage)
-  inputs = {field: _section(config, field) for field in module.CONFIG_FIELDS}
+  inputs = {field: _section(config, field) for field in module.CONFIG_FIELDS if _has(config, field)}
   inputs = json.loads(json.dumps(inputs, default=str))
   if downstream:
     for path in getattr(module, "REPORT_ONLY_FIELDS", ()):

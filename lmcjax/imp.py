@@ -1,10 +1,19 @@
 """The IMP stage: iterative magnitude pruning with rewinding, per mask source.
 
-For each source in config.imp.sources, round k = 0..R:
-  1. start from the rewind point, masked by mask_k (round 0 is dense);
-  2. distilled rounds: train on the distilled set (the run whose weights are pruned);
+For each source in config.imp.sources, round k = 0..R (none when R = 0):
+  1. start from the rewind point theta_j (step j of the dense run), masked by
+     mask_k (round 0 is dense);
+  2. distilled rounds: train on the distilled set (the run whose weights are
+     pruned), a whole config.imp.distilled_train run from theta_j;
   3. retrain on real data with config.train and evaluate: accuracy at sparsity
-     1 - 0.8^k. In real-data rounds this run is also the one that is pruned;
+     1 - 0.8^k. In real-data rounds this run is also the one that is pruned.
+     Round 0 is the dense run itself (lmcjax.dense: trained once, by the train
+     stage), as in open_lth. With imp.rewind_schedule='continue' (Frankle et
+     al.) rounds k >= 1 train the remaining T - j steps with the schedule
+     continued at j; 'restart' trains a whole T-step run from theta_j.
+     imp.retrain_rounds='analysed' retrains the distilled and random sources
+     only at the rounds the analysis stage reads ('none': never), so finding
+     R distilled masks costs R distilled trainings;
   4. prune the trained weights to mask_{k+1} (random source: draw it).
 
 Every artefact lives where lmcjax.workdir says: the rewind point, each round's
@@ -23,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmcjax import checkpoints
+from lmcjax import dense
 from lmcjax import experiment
 from lmcjax import logs
 from lmcjax import masks
@@ -36,15 +46,14 @@ from lmcjax import workdir as layout
 PyTree = Any
 # Also the run order: 'random' draws its masks from the real source's masks.
 SOURCES = ("real", "distilled", "combined", "random")
-# The seed path of the dense 'train' stage run, so that a rewind point at step
-# k is exactly step k of that run.
-DENSE_SEED_PATH = experiment.DENSE_SEED_PATH
+RETRAIN_ROUNDS = ("all", "analysed", "none")
 RESULTS_FILE = "imp.jsonl"
 PLOT_FILE = "accuracy_vs_sparsity.png"
 # Stage interface (experiment.run_cached_stage): a change in any of these
 # fields, or in the distill stage's inputs, moves DIR/imp aside and starts over;
 # the checkpoint and log intervals do not change results and are left out.
-CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "imp")
+CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "imp",
+                 "analysis.rounds", "analysis.targets")
 DEPENDS_ON = ("distill",)
 
 
@@ -78,6 +87,11 @@ def check_config(config) -> None:
   validate.require(c.rewind_epochs <= config.train.epochs,
                    f"imp.rewind_epochs={c.rewind_epochs} is beyond the dense training's "
                    f"train.epochs={config.train.epochs}")
+  validate.choice("imp.rewind_schedule", c.rewind_schedule, dense.SCHEDULES)
+  validate.choice("imp.retrain_rounds", c.retrain_rounds, RETRAIN_ROUNDS)
+  validate.require(c.retrain_rounds == "all" or c.rewind_non_prunable,
+                   f"imp.retrain_rounds={c.retrain_rounds!r} needs imp.rewind_non_prunable=True: "
+                   "the partial rewind carries each round's retrained variables over")
   validate.non_negative("imp.combined_distilled_rounds", c.combined_distilled_rounds)
   if _uses_distilled(c):
     train.check_spec(c.distilled_train, "imp.distilled_train")
@@ -87,14 +101,31 @@ def check_config(config) -> None:
 
 def rewind_step(config, num_train: int) -> int:
   """The dense-training step the rewind point is taken at; checked against its length."""
-  c, spec = config.imp, config.train
-  dense_steps = train.total_steps(spec, num_train)
+  c = config.imp
+  dense_steps = dense.num_steps(config, num_train)
   step = c.rewind_step
   if c.rewind_epochs:
-    step = int(round(c.rewind_epochs * num_train / train.effective_batch(spec, num_train)))
+    step = dense.epoch_step(config, num_train, c.rewind_epochs, "imp.rewind_epochs")
   validate.require(step <= dense_steps, f"imp rewind step {step} is beyond the dense training's "
-                   f"{dense_steps} steps (train.epochs={spec.epochs})")
+                   f"{dense_steps} steps (train.epochs={config.train.epochs})")
   return step
+
+
+def analysed_rounds(config) -> Tuple[int, ...]:
+  """The IMP rounds the analysis stage reads: analysis.rounds (default the last
+  round) and the rounds its explicit targets name."""
+  rounds = set(config.analysis.rounds) if "analysis" in config else set()
+  if "analysis" in config:
+    rounds.update(int(str(t).split(":")[1]) for t in config.analysis.targets if ":" in str(t))
+  return tuple(sorted(rounds or {config.imp.rounds}))
+
+
+def retrains(config, source: str, k: int) -> bool:
+  """Whether round k of `source` is trained on real data (see the module doc)."""
+  c = config.imp
+  if source == "real" or k == 0 or c.retrain_rounds == "all":
+    return True
+  return c.retrain_rounds == "analysed" and k in analysed_rounds(config)
 
 
 def _ordered_sources(c) -> Tuple[str, ...]:
@@ -144,20 +175,10 @@ def load_mask(s: experiment.Setup, workdir: str, source: str, round_index: int) 
   return jax.tree.map(jnp.asarray, tree)
 
 
-def _dense_prefix(s: experiment.Setup, num_steps: int, log: Optional[logs.MetricsLog]):
-  """Step `num_steps` of the dense real-data run of config.train (the 'train'
-  stage's run: same seed path), with the full run's schedule."""
-  result = experiment.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
-                                seed_path=DENSE_SEED_PATH, stage="imp/rewind", log=log,
-                                stop_step=num_steps)
-  return {"params": result.state.params, "batch_stats": result.state.batch_stats}
-
-
 def _ensure_rewind(s: experiment.Setup, workdir: str, step: int, log) -> Dict[str, PyTree]:
   path = layout.rewind_point(workdir)
   if not checkpoints.exists(path):
-    tree = _variables_like(s) if step == 0 else _dense_prefix(s, step, log)
-    checkpoints.save_tree(path, tree)
+    checkpoints.save_tree(path, dense.load(s, workdir, step, log))
   params, stats = load_rewind(s, workdir)
   return {"params": params, "batch_stats": stats}
 
@@ -181,21 +202,22 @@ def _distilled_final(workdir: str, source: str, k: int) -> str:
 class _SourceRun:
   """IMP for one mask source: rounds 0..R, resumable round by round."""
 
-  def __init__(self, s, workdir, source, rewind, distilled, log, dense_cache):
+  def __init__(self, s, workdir, source, rewind, rewind_at, distilled, log):
     self.s, self.c, self.workdir, self.source = s, s.config.imp, workdir, source
-    self.rewind, self.distilled, self.log, self.dense_cache = rewind, distilled, log, dense_cache
+    self.rewind, self.distilled, self.log = rewind, distilled, log
     self.distilled_rounds = _distilled_rounds(self.c, source)
+    self.retrain_start = dense.start_step(self.c.rewind_schedule, rewind_at)
 
   def mask(self, k: int) -> PyTree:
     if k == 0:
       return masks.ones_like(self.s.init_params)
     return load_mask(self.s, self.workdir, self.source, k)
 
-  def next_mask(self, k: int, trained: Dict[str, PyTree], mask: PyTree) -> PyTree:
+  def next_mask(self, k: int, trained: Optional[experiment.RunResult], mask: PyTree) -> PyTree:
     """mask_{k+1} from round k's trained weights (or a random draw)."""
     c, prunable = self.c, self.s.prunable
     if self.source != "random":
-      scores = pruning.magnitude_scores(trained["params"])
+      scores = pruning.magnitude_scores(trained.state.params)
       return pruning.prune(scores, mask, prunable, c.prune_fraction, c.method)
     key = rng.named_key(self.s.config.seeds.init, "random_mask", k + 1)
     if _random_reference(c) == "real":
@@ -204,7 +226,8 @@ class _SourceRun:
     return pruning.prune(pruning.random_scores(key, self.s.init_params), mask, prunable,
                          c.prune_fraction, c.method)
 
-  def train(self, spec, carry, mask, k, kind, images=None, labels=None) -> experiment.RunResult:
+  def train(self, spec, carry, mask, k, kind, images=None, labels=None,
+            start_step: int = 0) -> experiment.RunResult:
     """One run of round k from the rewind point; `kind` names its seed path and checkpoints."""
     # A fresh start per run: train_run donates (consumes) the buffers it is given.
     params, stats = round_start(self.rewind, carry, mask, self.s.prunable,
@@ -212,16 +235,16 @@ class _SourceRun:
     ckpt = os.path.join(layout.train_checkpoints(self.workdir, self.source, k), kind)
     return experiment.train_run(self.s, spec, params, stats, mask, seed_path=("imp", kind, k),
                                 stage=f"imp/{self.source}/{k}/{kind}", log=self.log,
-                                images=images, labels=labels, checkpoint_dir=ckpt)
+                                images=images, labels=labels, checkpoint_dir=ckpt,
+                                start_step=start_step)
 
-  def retrain(self, carry, mask, k) -> experiment.RunResult:
-    """Real-data training of round k; the dense round 0 is the same run for every source."""
-    if k == 0 and "result" in self.dense_cache:
-      return self.dense_cache["result"]
-    result = self.train(self.s.config.train, carry, mask, k, "retrain")
+  def retrain(self, carry, mask, k) -> Optional[experiment.RunResult]:
+    """Real-data training of round k; round 0 is the dense run, shared by every source."""
     if k == 0:
-      self.dense_cache["result"] = result
-    return result
+      return dense.final(self.s, self.workdir, self.log)
+    if not retrains(self.s.config, self.source, k):
+      return None
+    return self.train(self.s.config.train, carry, mask, k, "retrain", start_step=self.retrain_start)
 
   def run_round(self, k: int, carry: Optional[Dict[str, PyTree]]) -> Dict[str, Any]:
     """Trains round k, saves its final variables and mask_{k+1}; returns its marker."""
@@ -235,18 +258,23 @@ class _SourceRun:
         checkpoints.save_tree(_distilled_final(self.workdir, self.source, k),
                               _variables(distilled_run))
     result = self.retrain(carry, mask, k)
-    checkpoints.save_tree(layout.final_params(self.workdir, self.source, k), _variables(result))
+    if result is not None:
+      checkpoints.save_tree(layout.final_params(self.workdir, self.source, k), _variables(result))
     prune_cost = None
     if finds_mask:
       pruned_run = distilled_run or result
-      new_mask = self.next_mask(k, _variables(pruned_run), mask)
+      new_mask = self.next_mask(k, pruned_run, mask)
       checkpoints.save_tree(layout.mask(self.workdir, self.source, k + 1), new_mask)
       if self.source != "random":
         prune_cost = dict(pruned_run.cost, data="distilled" if distilled_run else "real")
     report = masks.sparsity_report(mask, self.s.prunable)
+    retrained = result is not None
     return {"source": self.source, "round": k, "sparsity": report["sparsity"],
-            "test_accuracy": result.test["accuracy"], "test_loss": result.test["loss"],
-            **result.cost, "prune_run": prune_cost,
+            "retrained": retrained,
+            "test_accuracy": result.test["accuracy"] if retrained else None,
+            "test_loss": result.test["loss"] if retrained else None,
+            "num_test": int(self.s.x_test.shape[0]),
+            **(result.cost if retrained else train.data_cost(0, 1, 0)), "prune_run": prune_cost,
             # How well the net trained on distilled data alone does (before retraining).
             "distilled_test_accuracy": distilled_run.test["accuracy"] if distilled_run else None,
             "layer_sparsity": {n: l["sparsity"] for n, l in report["layers"].items()}}
@@ -261,6 +289,8 @@ class _SourceRun:
     return checkpoints.load_tree(layout.final_params(self.workdir, self.source, k), like)
 
   def run(self) -> List[Dict[str, Any]]:
+    if not self.c.rounds:  # no mask to find: not even the dense round 0 is trained
+      return []
     if not checkpoints.exists(layout.mask(self.workdir, self.source, 0)):
       checkpoints.save_tree(layout.mask(self.workdir, self.source, 0), self.mask(0))
     markers = []
@@ -344,14 +374,15 @@ def plot_accuracy_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6, 4))
   for source in SOURCES:
-    mine = [r for r in rows if r["source"] == source]
+    mine = [r for r in rows if r["source"] == source and r["test_accuracy"] is not None]
     if mine:
       ax.plot([100 * r["sparsity"] for r in mine], [100 * r["test_accuracy"] for r in mine],
               marker="o", label=source)
   ax.set_xlabel("sparsity (% of prunable weights removed)")
   ax.set_ylabel("test accuracy after retraining (%)")
   ax.grid(alpha=0.3)
-  ax.legend(title="mask source")
+  if ax.get_lines():
+    ax.legend(title="mask source")
   fig.tight_layout()
   tmp = path[:-len(".png")] + ".tmp.png"
   fig.savefig(tmp, dpi=120)
@@ -378,9 +409,7 @@ def run_stage(s: experiment.Setup, workdir: str, log: logs.MetricsLog) -> Dict[s
   step = rewind_step(s.config, int(s.x_train.shape[0]))
   distilled = _load_distilled(s, workdir) if _uses_distilled(c) else None
   rewind = _ensure_rewind(s, workdir, step, log)
-  dense_cache = {}
-  markers_by_source = {source: _SourceRun(s, workdir, source, rewind, distilled, log,
-                                          dense_cache).run()
+  markers_by_source = {source: _SourceRun(s, workdir, source, rewind, step, distilled, log).run()
                        for source in _ordered_sources(c)}
   rows_by_source = {source: results_rows(m) for source, m in markers_by_source.items()}
   rows = [r for source in rows_by_source for r in rows_by_source[source]]
@@ -388,13 +417,14 @@ def run_stage(s: experiment.Setup, workdir: str, log: logs.MetricsLog) -> Dict[s
   plot_path = os.path.join(layout.imp_dir(workdir), PLOT_FILE)
   plot_accuracy_vs_sparsity(rows, plot_path)
   return {
-      "rewind_step": step, "rounds": c.rounds, "method": c.method,
+      "rewind_step": step, "rewind_schedule": c.rewind_schedule, "rounds": c.rounds,
+      "method": c.method, "retrain_rounds": c.retrain_rounds,
       "random_masks": (None if "random" not in c.sources else
                        "per-layer counts of the real masks" if _random_reference(c) == "real"
                        else f"{c.method} random pruning"),
       "distilled_set": distilled["path"] if distilled else None,
-      "accuracy": {src: [[round(r["sparsity"], 4), r["test_accuracy"]] for r in rows_by_source[src]]
-                   for src in rows_by_source},
+      "accuracy": {src: [[round(r["sparsity"], 4), r["test_accuracy"]] for r in rows_by_source[src]
+                         if r["retrained"]] for src in rows_by_source},
       "data_cost": cost_summary(markers_by_source),
       "results": os.path.join(layout.imp_dir(workdir), RESULTS_FILE), "plot": plot_path,
   }

@@ -38,23 +38,43 @@ def plot_interpolation(stem: str, curves: List[Dict[str, Any]], metric: str = "e
   return _save(fig, stem)
 
 
-def plot_barrier_vs_sparsity(stem: str, series: Dict[str, List[Dict[str, float]]],
-                             metric: str = "error_barrier_mean") -> str:
-  """Barrier against sparsity, one line per mask source.
+def plot_ci_lines(stem: str, series: Dict[str, List[Dict[str, float]]], xlabel: str,
+                  ylabel: str, title: str = "", scale: float = 100.0,
+                  save_numbers: bool = True) -> str:
+  """One line per series with 95% CI error bars.
 
-  series: {source: [{'sparsity', metric, ...}]}; the dense net is sparsity 0.
+  series: {label: [{'x', 'estimate', 'low', 'high'}]}; values are scaled by
+  `scale` (fractions to percent). save_numbers=False when the caller keeps
+  richer numbers in STEM.json itself.
   """
-  logs.write_json(stem + ".json", {"metric": metric, "series": series})
-  fig, ax = plt.subplots(figsize=(5, 4))
-  for source, rows in sorted(series.items()):
-    rows = sorted(rows, key=lambda r: r["sparsity"])
-    ax.plot([100 * r["sparsity"] for r in rows], [100 * r[metric] for r in rows], "o-",
-            label=source)
-  ax.set_xlabel("sparsity (%)")
-  ax.set_ylabel(f"{metric} (%)")
+  if save_numbers:
+    logs.write_json(stem + ".json", {"xlabel": xlabel, "ylabel": ylabel, "scale": scale,
+                                     "series": series})
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for label, rows in series.items():
+    rows = sorted(rows, key=lambda r: r["x"])
+    x = np.asarray([r["x"] for r in rows])
+    y = scale * np.asarray([r["estimate"] for r in rows])
+    err = scale * np.abs(np.asarray([[r["estimate"] - r["low"], r["high"] - r["estimate"]]
+                                     for r in rows]).T)
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
   ax.axhline(0, color="grey", lw=0.5)
-  ax.legend()
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
   return _save(fig, stem)
+
+
+def plot_instability(stem: str, curves: Dict[str, List[Dict[str, Any]]], split: str) -> str:
+  """Error barrier against the rewind epoch, one line per model (Frankle et al.
+  Fig. 3). The numbers are the analysis' STEM.json, so none are written here."""
+  series = {name: [{"x": p["epoch"], **{k: p["error_barrier_ci"][k]
+                                        for k in ("estimate", "low", "high")}} for p in curve]
+            for name, curve in curves.items()}
+  return plot_ci_lines(stem, series, "rewind epoch", f"{split} error barrier (%), 95% CI",
+                       "instability vs rewind point", save_numbers=False)
 
 
 def plot_hessian_histograms(stem: str, values: Dict[str, np.ndarray], bins: int = 50) -> str:

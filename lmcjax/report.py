@@ -5,12 +5,12 @@ results.json holds flat record lists (one per table), so
 """
 import json
 import os
-from typing import Any, Dict, List, Sequence
-
+from typing import Any, Callable, Dict, List, Sequence
 
 from lmcjax import experiment
 from lmcjax import imp
 from lmcjax import logs
+from lmcjax import stats
 from lmcjax import workdir as layout
 
 CONFIG_FIELDS = ()
@@ -38,23 +38,27 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
 
 
 def accuracy_records(workdir: str) -> List[Dict[str, Any]]:
+  """IMP's retrained nets: one net per (source, round), Wilson CI over test examples."""
   rows = read_jsonl(os.path.join(layout.imp_dir(workdir), "imp.jsonl"))
   return [{"source": r["source"], "round": r["round"], "sparsity": r["sparsity"],
            "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"],
-           "examples_seen": r["examples_seen"]} for r in rows]
+           "examples_seen": r["examples_seen"],
+           "test_accuracy_ci": (stats.accuracy_ci(r["test_accuracy"], r["num_test"])
+                                if "num_test" in r else None)}
+          for r in rows if r.get("test_accuracy") is not None]
 
 
 def accuracy_table(records: List[Dict[str, Any]]) -> str:
-  """Rows: IMP round (sparsity); columns: mask sources."""
-  sources = sorted({r["source"] for r in records})
+  """Rows: IMP round (sparsity); columns: mask sources; cells: % with 95% CI."""
+  sources = [s for s in imp.SOURCES if any(r["source"] == s for r in records)]
   by_round: Dict[int, Dict[str, Any]] = {}
   for r in records:
-    by_round.setdefault(r["round"], {"sparsity": r["sparsity"]})[r["source"]] = r["test_accuracy"]
-  rows = [[k, f"{100 * v['sparsity']:.1f}%"] + [
-      f"{100 * v[s]:.2f}" if s in v else "" for s in sources] for k, v in sorted(by_round.items())]
-  return markdown_table(["round", "sparsity"] + [f"{s} acc %" for s in sources], rows)
-
-
+    cell = (stats.format_ci(r["test_accuracy_ci"]) if r["test_accuracy_ci"]
+            else f"{100 * r['test_accuracy']:.2f}")
+    by_round.setdefault(r["round"], {"sparsity": r["sparsity"]})[r["source"]] = cell
+  rows = [[k, f"{100 * v['sparsity']:.1f}%"] + [v.get(s, "not retrained") for s in sources]
+          for k, v in sorted(by_round.items())]
+  return markdown_table(["round", "sparsity"] + [f"{s} acc % [95% CI]" for s in sources], rows)
 def data_cost_records(imp_summary: Dict[str, Any]) -> List[Dict[str, Any]]:
   cost = imp_summary.get("data_cost", {})
   return [{"source": src, **{k: v for k, v in c.items() if not isinstance(v, dict)}}
@@ -76,13 +80,19 @@ def data_cost_text(imp_summary: Dict[str, Any]) -> str:
 
 
 def analysis_records(analysis: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
-  """Flat barrier and Hessian records, one per analysed model (dense, source_rKK)."""
+  """Flat barrier and Hessian records, one per analysed model (dense, source_rKK).
+
+  Each barrier record keeps its per-pair barriers and the seed, so
+  launch/aggregate.py can pool seeds without reading the analysis files.
+  """
   barriers, hessian = [], []
   for name, m in sorted(analysis.get("models", {}).items()):
     source = name.rsplit("_r", 1)[0]
     for where, b in sorted(m.get("barriers", {}).items()):
+      extra = m.get("barrier_stats", {}).get(where, {})
       barriers.append({"model": name, "source": source, "sparsity": m.get("sparsity"),
-                       "measured_on": where, **b})
+                       "seed": analysis.get("seed"), "measured_on": where,
+                       "start": m.get("start"), **b, **extra})
     h = m.get("hessian")
     if h:
       hessian.append({"model": name, "source": source, "sparsity": m.get("sparsity"),
@@ -92,17 +102,77 @@ def analysis_records(analysis: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]
   return {"barriers": barriers, "hessian": hessian}
 
 
-def _pm(mean, std, scale=100.0) -> str:
-  """mean ± std; errors in percent (scale 100), losses as they are, 3 significant digits."""
-  return f"{scale * mean:.3g} ± {scale * std:.2g}"
+def start_text(start: Dict[str, Any]) -> str:
+  """Where the copies start, in words (never 'the rewind point' for init)."""
+  if not start or not start.get("dense_step"):
+    return "from the initialisation (step 0)"
+  how = ("training the remaining steps with the schedule continued"
+         if start.get("schedule") == "continue" else "each a whole run from there")
+  return f"from step {start['dense_step']} of the dense run ({how})"
 
 
 def barrier_table(records: List[Dict[str, Any]]) -> str:
-  rows = [[r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r["measured_on"],
-           _pm(r["error_barrier_mean"], r["error_barrier_std"]), f"{100 * r['error_barrier_max']:.2f}",
-           _pm(r["loss_barrier_mean"], r["loss_barrier_std"], 1.0)] for r in records]
-  return markdown_table(["model", "sparsity", "split/BN", "error barrier % (mean ± std over pairs)",
-                         "max %", "loss barrier"], rows)
+  """Error barrier with its 95% CI and counts, branch accuracy with its CI."""
+  def row(r):
+    ci = r.get("error_barrier_ci")
+    barrier = stats.format_ci(ci) if ci else _pm(r["error_barrier_mean"], r["error_barrier_std"])
+    acc = stats.format_ci(r["test_accuracy_ci"]) if r.get("test_accuracy_ci") else ""
+    return [r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r["measured_on"], barrier,
+            f"{100 * r['error_barrier_max']:.2f}", f"{r['loss_barrier_mean']:.3g}", acc]
+  return markdown_table(["model", "sparsity", "split/BN", "error barrier % [95% CI]",
+                         "max pair %", "loss barrier (mean)", "copies' test acc % [95% CI]"],
+                        [row(r) for r in records])
+
+
+def _pairs_by_seed(record: Dict[str, Any]) -> Dict[Any, List[float]]:
+  return {record.get("seed", 0): record["error_barriers"]}
+
+
+def source_comparisons(records: List[Dict[str, Any]],
+                       pairs_by_seed: Callable = _pairs_by_seed) -> List[Dict[str, Any]]:
+  """Paired barrier differences between mask sources at matched sparsity.
+
+  records: barrier records carrying per-pair 'error_barriers'; pairs_by_seed
+  maps a (possibly pooled) record to {seed: [pair barriers]}.
+  """
+  out = []
+  key = lambda r: (r["measured_on"], round(r["sparsity"] or 0.0, 4))
+  groups: Dict[Any, Dict[str, Dict[str, Any]]] = {}
+  for r in records:
+    if r["source"] != "dense" and ("error_barriers" in r or "pairs_by_seed" in r):
+      groups.setdefault(key(r), {})[r["source"]] = r
+  for (where, sparsity), by_source in sorted(groups.items()):
+    present = [s for s in imp.SOURCES if s in by_source]
+    for i, a in enumerate(present):
+      for b in present[i + 1:]:
+        diff = stats.paired_difference(pairs_by_seed(by_source[a]), pairs_by_seed(by_source[b]),
+                                       a, b)
+        out.append({"measured_on": where, "sparsity": sparsity, **diff})
+  return out
+
+
+def comparison_text(comparisons: List[Dict[str, Any]]) -> str:
+  lines = [f"- {100 * c['sparsity']:.1f}% sparse ({c['measured_on']}): {c['sentence']}"
+           + (f" ({c['warning']})" if c.get("warning") else "") for c in comparisons]
+  return "\n".join(lines)
+
+
+def instability_records(analysis: Dict[str, Any]) -> List[Dict[str, Any]]:
+  inst = analysis.get("instability") or {}
+  return [{"model": name, "seed": analysis.get("seed"), "epoch": p["epoch"], "step": p["step"],
+           "split": inst.get("split"), "error_barriers": p["error_barriers"],
+           "error_barrier_ci": p["error_barrier_ci"], "test_accuracy_ci": p["test_accuracy_ci"]}
+          for name, curve in sorted(inst.get("models", {}).items()) for p in curve]
+
+
+def instability_table(records: List[Dict[str, Any]],
+                      cell: Callable = lambda r: stats.format_ci(r["error_barrier_ci"])) -> str:
+  """Rows: models; columns: rewind epochs; cells: error barrier % [95% CI]."""
+  epochs = sorted({r["epoch"] for r in records})
+  models = list(dict.fromkeys(r["model"] for r in records))
+  by = {(r["model"], r["epoch"]): r for r in records}
+  rows = [[m] + [cell(by[m, e]) if (m, e) in by else "" for e in epochs] for m in models]
+  return markdown_table(["model"] + [f"rewind epoch {e:g}" for e in epochs], rows)
 
 
 def hessian_table(records: List[Dict[str, Any]]) -> str:
@@ -122,16 +192,58 @@ def landscape_lines(analysis: Dict[str, Any], workdir: str) -> List[str]:
   return lines
 
 
-def distill_text(d: Dict[str, Any]) -> str:
-  """The distilled set against its initialisation and random real subsets of the same size."""
-  rows = [[name, _pm(d[key]["mean"], d[key]["std"]), d[key].get("lr", "")] for name, key in
-          (("distilled set", "distilled"), ("its initialisation (before distillation)", "initial"),
-           ("random real subsets, same size (one per seed)", "random_subset"))
-          if isinstance(d.get(key), dict)]
+def distill_text(d: Dict[str, Any], evaluation: Dict[str, Any], num_test: int) -> str:
+  """The distilled set against its initialisation and random real subsets of the
+  same size, each a mean over fresh nets with a 95% CI, and their comparison."""
+  sets = (("distilled set", "distilled"), ("its initialisation (before distillation)", "initial"),
+          ("random real subsets, same size (a new one per net)", "random_subset"))
+  cis = {key: stats.mean_accuracy_ci(evaluation[key]["accuracies"], num_test)
+         for _, key in sets if isinstance(evaluation.get(key), dict)}
+  rows = [[name, stats.format_ci(cis[key]), evaluation[key].get("lr", "")]
+          for name, key in sets if key in cis]
   on = f" on {d['model']}" if d.get("model") else ""
-  head = (f"Method {d.get('method')}{on}, {d.get('ipc')} images per class; test accuracy % of "
-          "fresh nets trained on each set (mean ± std over seeds):")
-  return head + "\n\n" + markdown_table(["training set", "test accuracy %", "eval lr"], rows)
+  text = (f"Method {d.get('method')}{on}, {d.get('ipc')} images per class; test accuracy % of "
+          "fresh nets trained on each set:\n\n" +
+          markdown_table(["training set", "test accuracy % [95% CI]", "eval lr"], rows))
+  if "distilled" in evaluation and "random_subset" in evaluation:
+    diff = stats.paired_difference({0: evaluation["distilled"]["accuracies"]},
+                                   {0: evaluation["random_subset"]["accuracies"]},
+                                   "the distilled set", "random subsets", "test accuracy")
+    text += "\n\n" + diff["sentence"] + " (nets, not seeds, are the units here.)"
+  return text
+
+
+def _figure(workdir: str, relpath: str, caption: str) -> List[str]:
+  """A figure link only when the file exists."""
+  return [f"![{caption}]({relpath})"] if os.path.exists(os.path.join(workdir, relpath)) else []
+
+
+def _barrier_section(workdir: str, analysis: Dict[str, Any], records) -> List[str]:
+  comparisons = source_comparisons(records)
+  lines = ["## Error barriers between SGD-noise copies",
+           f"Copies start {start_text(analysis.get('start', {}))} under the same mask and "
+           "differ only in data order and augmentation; barrier = max over alpha of the error "
+           "minus the mean endpoint error (Frankle et al. 2020). One workdir is one init "
+           "seed: each CI is a bootstrap over the pairs, which share copies (3 copies give 3 "
+           "pairs), so it is too narrow; pool seeds with launch/aggregate.py.",
+           barrier_table(records)]
+  if comparisons:
+    lines += ["### Mask sources compared at matched sparsity (paired differences)",
+              comparison_text(comparisons)]
+  lines += _figure(workdir, "analysis/interpolation.png", "interpolation")
+  lines += _figure(workdir, "analysis/barrier_vs_sparsity.png", "barrier vs sparsity")
+  return lines
+
+
+def _instability_section(workdir: str, analysis: Dict[str, Any], records) -> List[str]:
+  inst = analysis["instability"]
+  how = ("train the remaining steps with the schedule continued (Frankle et al. 2020)"
+         if inst.get("schedule") == "continue" else "each train a whole run from there")
+  return ["## Instability vs rewind point",
+          f"{inst['num_copies']} copies from each rewind epoch of the dense run (masked for "
+          f"sparse models) {how}; {inst['split']} error barrier % [95% CI over pairs]:",
+          instability_table(records)] + _figure(workdir, "analysis/instability.png",
+                                                "instability vs rewind epoch")
 
 
 def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
@@ -140,29 +252,35 @@ def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
   results = {"accuracy": accuracy_records(workdir),
              "data_cost": data_cost_records(summary.get("imp", {})),
              **analysis_records(analysis),
+             "instability": instability_records(analysis),
              "versions": experiment.software_versions()}
+  results["comparisons"] = source_comparisons(results["barriers"])
   # config.model is the network of train/imp/analysis; a distill-only run names its own.
   uses_model = any(stage in summary for stage in ("train", "imp", "analysis"))
   model = f", model {summary.get('model')}" if uses_model else ""
-  sections = ["# lmcjax report", f"Dataset {summary.get('dataset')}{model}."]
-  if isinstance(summary.get("distill"), dict) and "distilled" in summary["distill"]:
-    sections += ["## Distilled set", distill_text(summary["distill"])]
+  sections = ["# lmcjax report",
+              f"Dataset {summary.get('dataset')} ({summary.get('num_train')} train / "
+              f"{summary.get('num_test')} test images){model}, init seed {config.seeds.init}."]
+  eval_path = os.path.join(layout.distill_dir(workdir), "eval.json")
+  if isinstance(summary.get("distill"), dict) and os.path.exists(eval_path):
+    sections += ["## Distilled set", distill_text(summary["distill"], logs.read_json(eval_path),
+                                                  summary.get("num_test", 0))]
   if results["accuracy"]:
-    sections += ["## Test accuracy vs sparsity (retrained on real data from the rewind point)",
-                 accuracy_table(results["accuracy"]), "![accuracy vs sparsity](imp/accuracy_vs_sparsity.png)"]
+    sections += ["## Test accuracy vs sparsity (IMP's real-data retraining, one net each)",
+                 "95% CI: Wilson interval over the test examples of one net.",
+                 accuracy_table(results["accuracy"])]
+    sections += _figure(workdir, "imp/accuracy_vs_sparsity.png", "accuracy vs sparsity")
   if results["barriers"]:
-    sections += ["## Error barriers between SGD-noise branches",
-                 "Copies trained from the rewind point under the same mask, differing only in "
-                 "data order and augmentation; barrier = max over alpha of the error minus the "
-                 "mean endpoint error (Frankle et al. 2020).",
-                 barrier_table(results["barriers"]),
-                 "![interpolation](analysis/interpolation.png)",
-                 "![barrier vs sparsity](analysis/barrier_vs_sparsity.png)"]
+    sections += _barrier_section(workdir, analysis, results["barriers"])
+  if results["instability"]:
+    sections += _instability_section(workdir, analysis, results["instability"])
   if results["hessian"]:
     sections += ["## Hessian (Hutchinson, first branch of each model)",
-                 hessian_table(results["hessian"]), "![Hessian diagonal](analysis/hessian_hist.png)"]
-  if analysis.get("models"):
-    sections += ["## Loss landscapes"] + landscape_lines(analysis, workdir)
+                 hessian_table(results["hessian"])]
+    sections += _figure(workdir, "analysis/hessian_hist.png", "Hessian diagonal")
+  landscapes = landscape_lines(analysis, workdir)
+  if landscapes:
+    sections += ["## Loss landscapes"] + landscapes
   if "imp" in summary:
     sections += ["## Data cost", data_cost_text(summary["imp"])]
   sections += ["## Stage times", markdown_table(

@@ -21,6 +21,20 @@ from lmcjax import validate
 
 PyTree = Any
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# How K copies of a run train: 'vmapped' stacks them into one jit(vmap(scan))
+# program, which fills an accelerator; 'sequential' drives one jitted step per
+# copy from Python. XLA:CPU runs convolutions inside lax.scan ~15x slower, and
+# vmap turns them into grouped convolutions it also runs slowly, so on CPU the
+# plain step is fastest (bench/bench_analysis.py measures both).
+EXECUTIONS = ("auto", "vmapped", "sequential")
+
+
+def resolve_execution(choice: str) -> str:
+  """'auto' -> 'sequential' on CPU, 'vmapped' on accelerators; else the choice."""
+  validate.choice("execution", choice, EXECUTIONS)
+  if choice != "auto":
+    return choice
+  return "sequential" if jax.default_backend() == "cpu" else "vmapped"
 SCHEDULES = ("constant", "multistep", "cosine")
 
 
@@ -63,7 +77,16 @@ def effective_batch(spec, num_examples: int) -> int:
   return min(spec.batch_size, num_examples)
 
 
-def make_schedule(spec, num_steps: int) -> optax.Schedule:
+def make_schedule(spec, num_steps: int, start_step: int = 0) -> optax.Schedule:
+  """The learning rate at each step of a num_steps run.
+
+  start_step > 0 gives the schedule of a run resumed at that step (Frankle et
+  al.'s rewinding, open_lth's branches): a fresh optimizer counts from 0, so
+  the schedule is shifted to read the full run's value at start_step + count.
+  """
+  if start_step:
+    full = make_schedule(spec, num_steps)
+    return lambda count: full(count + start_step)
   warmup = int(round(spec.warmup_epochs / spec.epochs * num_steps))
   if spec.schedule == "multistep":
     main = optax.piecewise_constant_schedule(
@@ -77,9 +100,13 @@ def make_schedule(spec, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, spec.lr, warmup), main], [warmup])
 
 
-def make_optimizer(spec, num_steps: int) -> optax.GradientTransformation:
-  """SGD/Adam with coupled L2 weight decay (as PyTorch's weight_decay), or AdamW."""
-  lr = make_schedule(spec, num_steps)
+def make_optimizer(spec, num_steps: int, start_step: int = 0) -> optax.GradientTransformation:
+  """SGD/Adam with coupled L2 weight decay (as PyTorch's weight_decay), or AdamW.
+
+  start_step: see make_schedule; momentum and Adam moments start fresh, as in
+  open_lth, which saves only the weights at a rewind point.
+  """
+  lr = make_schedule(spec, num_steps, start_step)
   if spec.optimizer == "adamw":
     return optax.adamw(lr, weight_decay=spec.weight_decay)
   base = (optax.sgd(lr, momentum=spec.momentum or None, nesterov=spec.nesterov)
@@ -92,8 +119,9 @@ def init_variables(model, init_key, image_shape) -> Tuple[PyTree, PyTree]:
   return variables["params"], variables.get("batch_stats", {})
 
 
-def create_state(params, batch_stats, tx, aug_key) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+def create_state(params, batch_stats, tx, aug_key, step: int = 0) -> TrainState:
+  """A fresh optimizer state at `step` (> 0 for a run resumed at a rewind point)."""
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), rng=aug_key)
 
 
@@ -147,16 +175,20 @@ def make_train_step(model, tx, augment_cfg, num_classes: int) -> Callable:
   return train_step
 
 
-def compiled_run(model, spec, num_classes: int, num_steps: int, vmapped: bool = False):
+def compiled_run(model, spec, num_classes: int, num_steps: int, vmapped: bool = False,
+                 start_step: int = 0):
   """See _compiled_run. The cache key is the spec's sorted JSON (a ConfigDict is
   not hashable), and one entry serves whether vmapped is passed or not."""
   spec_json = spec.to_json_best_effort(sort_keys=True)
-  return _compiled_run(model, spec_json, num_classes, num_steps, bool(vmapped))
+  return _compiled_run(model, spec_json, num_classes, num_steps, bool(vmapped), int(start_step))
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapped: bool):
+def _compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapped: bool,
+                  start_step: int):
   """(tx, jitted init, jitted train_step) of one (model, spec, length), built once.
+
+  start_step: the step a rewound run starts at (make_schedule).
 
   init(init_key, aug_key, image) -> TrainState. vmapped=True maps both over a
   leading axis of keys and states (the batch too): K independent nets as one
@@ -165,7 +197,7 @@ def _compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapp
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   spec = ml_collections.ConfigDict(json.loads(spec_json))
-  tx = make_optimizer(spec, num_steps)
+  tx = make_optimizer(spec, num_steps, start_step)
   step = make_train_step(model, tx, spec.augment, num_classes)
 
   def init(init_key, aug_key, image):
@@ -279,11 +311,13 @@ def _first_nonfinite(pending, stage: str):
 def fit(state: TrainState, step_fn: Callable, images, labels, mask, order: BatchOrder,
         num_steps: int, *, stage: str = "train", log_every: int = 0,
         on_log: Optional[Callable[[int, Dict[str, float]], None]] = None,
-        checkpointer=None, place_batch: Optional[Callable] = None) -> TrainState:
+        checkpointer=None, place_batch: Optional[Callable] = None,
+        on_step: Optional[Callable[[int, TrainState, Dict[str, Any]], None]] = None) -> TrainState:
   """Runs step_fn from state.step to num_steps.
 
   place_batch, if given, maps the host batch to device arrays (data-parallel
-  sharding). Losses are checked for NaN/inf at every log and checkpoint step (checking
+  sharding). on_step(done, state, metrics), if given, sees the state after
+  every step before the next step donates it (rewind-point snapshots). Losses are checked for NaN/inf at every log and checkpoint step (checking
   every step would force a device sync per step); a bad loss raises
   NonFiniteLossError naming the exact step, before any bad state is saved.
   """
@@ -296,6 +330,8 @@ def fit(state: TrainState, step_fn: Callable, images, labels, mask, order: Batch
     state, metrics = step_fn(state, place_batch(batch) if place_batch else batch, mask)
     pending.append((step, metrics))
     done = step + 1
+    if on_step is not None:
+      on_step(done, state, metrics)
     logging_now = log_every and (done % log_every == 0 or done == num_steps)
     saving_now = checkpointer is not None and (checkpointer.due(done) or done == num_steps)
     if logging_now or saving_now:

@@ -112,6 +112,13 @@ def test_a_rerun_is_bit_identical(tmp_path):
     ("targets", ("real4",), "not 'source:round'"),
     ("eval_splits", ("val",), "eval_splits entry"),
     ("alpha_max", 0.5, "must cover"),
+    ("rounds", (5,), "IMP produces masks at rounds 1..4"),
+    ("targets", ("real:0",), "not round 0"),
+    ("start", "epoch", None),  # valid: epoch 0.0
+    ("start_epoch", 2.0, "beyond training"),
+    ("instability.rewind_epochs", (0.0, 1.0), "leaves no training after it"),
+    ("instability.rewind_epochs", (0.0, 7.0), "beyond training"),
+    ("instability.num_copies", 1, "num_copies must be >= 2"),
 ])
 def test_bad_config_is_a_clear_error_before_compute(path, value, match):
   config = _config()
@@ -120,17 +127,54 @@ def test_bad_config_is_a_clear_error_before_compute(path, value, match):
   for p in parents:
     section = section[p]
   section[leaf] = value
+  if path == "start_epoch":
+    config.analysis.start = "epoch"
+  if path.startswith("instability"):
+    config.analysis.instability.enabled = True
+    if path != "instability.rewind_epochs":  # the defaults reach epoch 4 of this 1-epoch run
+      config.analysis.instability.rewind_epochs = (0.0, 0.5)
+  if match is None:
+    experiment.check_config(config)
+    return
   with pytest.raises(validate.InputError, match=match):
     experiment.check_config(config)
 
 
-def test_missing_rewind_point_and_mask_are_clear_errors(tmp_path):
+def test_instability_writes_its_curve_plot_and_numbers(tmp_path):
+  config = _config()
+  config.train = default.train_spec(epochs=2)
+  a = config.analysis
+  a.hessian.enabled, a.landscape.kinds, a.eval_splits = False, (), ("test",)
+  a.num_alphas = 5
+  a.instability.update(enabled=True, rewind_epochs=(0.0, 1.0), num_alphas=5, num_copies=3)
+  wd = str(tmp_path)
+  _write_imp_outputs(config, wd)
+  summary = experiment.run(config, wd)["analysis"]
+  out = layout.analysis_dir(wd)
+  data = logs.read_json(os.path.join(out, "instability.json"))
+  assert data["epochs"] == [0.0, 1.0] and data["steps"][0] == 0 and data["steps"][1] > 0
+  # The dense net and each source's sparsest analysed mask.
+  assert set(data["models"]) == {"dense", "real_r01", "random_r02"}
+  for curve in data["models"].values():
+    # Epoch 0 is the barrier analysis' own start: its copies are reused, not retrained.
+    assert [p["reused_analysis_copies"] for p in curve] == [True, False]
+    for point in curve:
+      assert len(point["error_barriers"]) == 3
+      ci = point["error_barrier_ci"]
+      assert ci["low"] <= ci["estimate"] <= ci["high"] and ci["num_pairs"] == 3
+  dense = summary["models"]["dense"]["barrier_stats"]["test/interpolate"]
+  assert data["models"]["dense"][0]["error_barriers"] == dense["error_barriers"]
+  assert os.path.getsize(os.path.join(out, "instability.png")) > 1000
+  assert np.load(os.path.join(out, "instability.npz"))["barriers/dense"].shape == (2, 3)
+
+
+def test_missing_distilled_set_and_mask_are_clear_errors(tmp_path):
+  # The rewind point needs no IMP stage: it is a state of the dense run.
   config = _config()
   s = experiment.setup(config)
   log = logs.MetricsLog(str(tmp_path))
-  with pytest.raises(validate.InputError, match="no rewind point"):
+  with pytest.raises(validate.InputError, match="distilled set not found"):
     analysis.run_stage(s, str(tmp_path), log)
-  config.analysis.start = "init"
   config.analysis.targets = ("real:3",)
   with pytest.raises(validate.InputError, match="no mask at"):
     analysis.run_stage(s, str(tmp_path), log)

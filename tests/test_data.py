@@ -2,6 +2,7 @@
 import os
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -106,3 +107,25 @@ def _data_cfg(**kw):
   cfg = default.get_config().data
   cfg.update(kw)
   return cfg
+
+
+def test_subsets_are_stratified_seeded_and_checked(tmp_path):
+  cfg = ml_collections.ConfigDict(dict(name="npz", npz_path=_write_npz(tmp_path), data_dir="",
+                                       download=False, train_subset=8, test_subset=4, subset_seed=0))
+  d = data.load(cfg)
+  assert len(d.y_train) == 8 and np.bincount(d.y_train).tolist() == [2, 2, 2, 2]
+  assert len(d.y_test) == 4 and np.bincount(d.y_test).tolist() == [1, 1, 1, 1]
+  assert np.array_equal(data.load(cfg).x_train, d.x_train)  # seeded
+  cfg.subset_seed = 1
+  assert not np.array_equal(data.load(cfg).x_train, d.x_train)
+  cfg.train_subset = 21
+  with pytest.raises(validate.InputError, match=r"data.train_subset=21 is larger than the split \(20"):
+    data.load(cfg)
+
+
+def test_subsets_of_a_fixed_split_are_refused():
+  cfg = ml_collections.ConfigDict(dict(name="mnist5k", npz_path="", data_dir="", download=False,
+                                       train_subset=100, test_subset=0, subset_seed=0))
+  with pytest.raises(validate.InputError, match="data.train_subset=100 is not supported for "
+                                                "data.name='mnist5k'"):
+    data.check_config(cfg)

@@ -17,6 +17,7 @@ import pytest
 
 from configs import imp_smoke
 from lmcjax import checkpoints
+from lmcjax import dense
 from lmcjax import experiment
 from lmcjax import imp
 from lmcjax import logs
@@ -89,15 +90,17 @@ def test_rewind_point_is_saved_and_is_a_prefix_of_the_dense_run(setup, tmp_path)
   run(s, c, tmp_path)
   params, stats = imp.load_rewind(s, str(tmp_path))
   sc = experiment.Setup(**{**s.__dict__, "config": c})
-  prefix = imp._dense_prefix(sc, 7, None)  # pylint: disable=protected-access
-  assert leaves_equal(params, prefix["params"])
+  prefix = dense.train_dense(sc, str(tmp_path / "other"), stop_step=7)
+  assert leaves_equal(params, prefix.state.params)
   assert not leaves_equal(params, s.init_params)
   # Run to the end, the prefix is the 'train' stage's dense run bit for bit.
   n = int(s.x_train.shape[0])
-  whole = imp._dense_prefix(sc, train.total_steps(c.train, n), None)  # pylint: disable=protected-access
-  dense = experiment.train_run(sc, c.train, jax.tree.map(jnp.array, s.init_params),
-                               s.init_batch_stats, None, seed_path=imp.DENSE_SEED_PATH, stage="train")
-  assert leaves_equal(whole["params"], dense.state.params)
+  whole = dense.train_dense(sc, str(tmp_path / "other"), stop_step=train.total_steps(c.train, n))
+  full = experiment.train_run(sc, c.train, jax.tree.map(jnp.array, s.init_params),
+                              s.init_batch_stats, None, seed_path=dense.SEED_PATH, stage="train")
+  assert leaves_equal(whole.state.params, full.state.params)
+  # rounds=0 trains no round.
+  assert not os.path.exists(os.path.join(layout.imp_dir(str(tmp_path)), "random", "round_00"))
   # Rewind to init: exactly the initial values.
   run(s, config(sources=("random",), rounds=0), tmp_path / "init")
   assert leaves_equal(imp.load_rewind(s, str(tmp_path / "init"))[0], s.init_params)

@@ -12,17 +12,31 @@ import ml_collections
 def get_section() -> ml_collections.ConfigDict:
   from configs import default  # pylint: disable=g-import-not-at-top  # default imports this module
   return ml_collections.ConfigDict(dict(
-      # Where the copies start: IMP's rewind point ('rewind', the paper), or
-      # the config's init ('init'; no IMP stage needed, dense only).
+      # Where the copies start: IMP's rewind point ('rewind', the paper),
+      # the config's init ('init'), or step start_epoch of the dense run
+      # ('epoch'). Each is a state of the dense run (lmcjax/dense.py), so none
+      # needs the IMP stage. With imp.rewind_schedule='continue' copies from
+      # step j train the remaining steps with the schedule continued at j
+      # (Frankle et al. 2020; open_lth); 'restart' trains whole runs from it.
       start="rewind",
-      # 'source:round' masks from the IMP stage (e.g. 'real:4', 'distilled:4');
-      # () means the last round of every source IMP wrote.
+      start_epoch=0.0,
+      # IMP rounds analysed for every source in imp.sources (round k has
+      # sparsity 1 - 0.8^k), e.g. (1, 3, 5); () = the last round. Explicit
+      # 'source:round' targets (e.g. 'real:4') replace them.
+      rounds=(),
       targets=(),
+      # Landscapes and the Hessian for 'all' analysed models, or only the
+      # dense net and each source's sparsest analysed mask.
+      detail_models="all",
+      # How the copies train: 'auto' = one jitted step driven from Python on
+      # CPU (convolutions in lax.scan are ~15x slower there), one vmapped
+      # scan on accelerators; or 'vmapped' | 'sequential'.
+      execution="auto",
       include_dense=True,
       num_branches=3,  # >= 3 for the three-point plane, >= 4 for the four-seed plane
       branch_chunk=4,  # copies per vmapped training program (memory bound)
-      # True: copies train exactly like IMP's rounds (config.train), as in
-      # Frankle et al.'s instability analysis; False: with branch_train.
+      # True: copies train exactly like IMP's rounds (config.train); False:
+      # with branch_train (then only from init or with a 'restart' schedule).
       reuse_config_train=True,
       branch_train=default.train_spec(),
       # Interpolation: 31 alphas from 0 to 1 as in the seed paper's plots.
@@ -38,6 +52,18 @@ def get_section() -> ml_collections.ConfigDict:
       bn_reset_batches=8,
       bn_reset_batch_size=256,
       distilled_path="",  # '' = the distill stage's DIR/distill/synthetic.npz
+      # Frankle et al. (2020), Fig. 3: the error barrier between num_copies
+      # SGD-noise copies against the rewind epoch, for the dense net and each
+      # source's mask at `rounds` (() = its sparsest analysed round).
+      instability=ml_collections.ConfigDict(dict(
+          enabled=False,
+          rewind_epochs=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+          num_copies=3,
+          include_dense=True,
+          rounds=(),
+          split="test",
+          num_alphas=11,
+      )),
       landscape=ml_collections.ConfigDict(dict(
           # three_point | four_seed | random_1d | random_2d
           kinds=("three_point", "random_2d"),

@@ -15,9 +15,7 @@ def distilled_train_spec() -> ml_collections.ConfigDict:
   from configs import default  # pylint: disable=g-import-not-at-top  # default imports this module
   spec = default.train_spec(epochs=300, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9,
                             weight_decay=5e-4, schedule="constant")
-  spec.augment.kind = "dsa"
-  # DSA's MNIST strategy has no flip: digits are not mirror-invariant.
-  spec.augment.dsa_strategy = "color_crop_cutout_scale_rotate"
+  spec.augment.kind = "dsa"  # the strategy is per dataset: configs/parts/augment.py
   spec.augment.cutmix_prob = 0.5
   return spec
 
@@ -40,6 +38,15 @@ def get_section() -> ml_collections.ConfigDict:
       # real-data run of config.train (the 'train' stage's run: same seeds).
       rewind_step=0,
       rewind_epochs=0.0,
+      # From a rewind point at step j of a T-step run: 'continue' trains the
+      # remaining T - j steps with the schedule continued at j and a fresh
+      # optimizer (Frankle et al. 2020, open_lth); 'restart' trains a whole
+      # T-step run from theta_j. The two agree at j = 0.
+      rewind_schedule="continue",
+      # Real-data retraining of the distilled, combined and random sources
+      # (the real source always trains on real data): 'all' rounds, only the
+      # rounds the analysis stage reads ('analysed'), or 'none'.
+      retrain_rounds="all",
       # True: every round restarts every variable from the rewind point:
       # prunable weights (times the mask), biases, norm scales and BatchNorm
       # statistics. False reproduces the seed paper's code, which rewound only
