@@ -139,7 +139,7 @@ def bench_conv_branches(epochs: float, vmapped: bool) -> None:
       execution=execution).params
   auto = timed_once(branch("auto")) / (copies * epochs)
   print(f"ConvNet-3 w32 32x32x3, 5000 images: train stage {per_epoch:7.2f}s/epoch; branches "
-        f"({train.resolve_execution('auto')}) {auto:7.2f}s per copy-epoch", flush=True)
+        f"({train.resolve_execution('auto', s.init_params)}) {auto:7.2f}s per copy-epoch", flush=True)
   if vmapped:
     scan = timed_once(branch("vmapped")) / (copies * epochs)
     print(f"ConvNet-3 w32 branches, vmapped scan: {scan:7.2f}s per copy-epoch "

@@ -34,6 +34,7 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 
 import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import dense  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import imp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -106,25 +107,38 @@ def _distill_eval(d, num_classes, syn, ipc, initial):
 
 
 def imp_counts(config, n_train: int, num_classes: int):
-  """(real-data, distilled-data) train-step examples of the imp stage."""
+  """(real-data, distilled-data) train-step examples of the imp stage.
+
+  Round 0 is the dense run and the rewind point a state of it (lmcjax/dense.py):
+  the train stage trains both when it runs, else IMP does. Rounds k >= 1 are
+  retrained where imp.retrains says, each the remaining steps from the rewind
+  point under the 'continue' schedule.
+  """
   c = config.imp
-  real_run = run_examples(config.train, n_train)
-  real = real_run * (1 + len(c.sources) * c.rounds)  # round 0 (dense) is shared by sources
-  rewind = imp.rewind_step(config, n_train) * train.effective_batch(config.train, n_train)
+  if not c.rounds:
+    return 0, 0
+  batch = train.effective_batch(config.train, n_train)
+  steps, rewind = train.total_steps(config.train, n_train), imp.rewind_step(config, n_train)
+  retrained = sum(imp.retrains(config, src, k) for src in c.sources for k in range(1, c.rounds + 1))
+  real = retrained * (steps - dense.start_step(c.rewind_schedule, rewind)) * batch
+  if "train" not in config.stages:
+    real += (steps + rewind) * batch
   f = distill_stage.factor_of(config.distill)
   n_syn = num_classes * config.distill.ipc * f * f
   rounds = sum(imp._distilled_rounds(c, s) for s in c.sources)  # pylint: disable=protected-access
-  return real + rewind, rounds * run_examples(c.distilled_train, n_syn)
+  return real, rounds * run_examples(c.distilled_train, n_syn)
 
 
 def analysed_models(config) -> int:
-  """How many models the analysis stage analyses: dense, plus the last round of
-  every IMP source (analysis._discover_targets) unless targets are given."""
+  """How many models the analysis stage analyses: dense, plus every IMP source at
+  each analysed round (default its last; analysis._targets) unless targets are given."""
   a = config.analysis
   if a.targets:
     targets = len(a.targets)
+  elif "imp" in config.stages and config.imp.rounds > 0:
+    targets = len(config.imp.sources) * max(1, len(a.rounds))
   else:
-    targets = len(config.imp.sources) if "imp" in config.stages and config.imp.rounds > 0 else 0
+    targets = 0
   return int(a.include_dense) + targets
 
 
@@ -151,7 +165,31 @@ def analysis_counts(config, n_train: int, n_test: int, num_classes: int, num_par
   hvps = h.max_probes + h.power_iters + (num_params if num_params <= h.exact_max_params else 0)
   hessian = hvps * hess_batch * 2 if h.enabled else 0
   per_model = branches + hessian, interp + grid
-  return tuple(analysed_models(config) * x for x in per_model)
+  inst = instability_counts(config, n_train, size)
+  return tuple(analysed_models(config) * x + y for x, y in zip(per_model, inst))
+
+
+def instability_counts(config, n_train: int, size) -> tuple:
+  """(train-step, forward) examples of the instability curve: per model and
+  rewind epoch, copies training the remaining steps and their pairwise paths;
+  the point at the analysis' own start reuses its copies."""
+  a = config.analysis
+  c = a.instability
+  if not c.enabled:
+    return 0, 0
+  masked = len(config.imp.sources) * max(1, len(c.rounds)) if config.imp.rounds else 0
+  models = int(c.include_dense) + masked
+  batch = train.effective_batch(config.train, n_train)
+  steps = train.total_steps(config.train, n_train)
+  start_at = analysis.start_step(config, n_train)
+  trained = forwards = 0
+  for epoch in c.rewind_epochs:
+    k = dense.epoch_step(config, n_train, epoch)
+    if k == start_at and analysis.reuses_analysis_copies(a):
+      continue
+    trained += c.num_copies * (steps - dense.start_step(config.imp.rewind_schedule, k)) * batch
+    forwards += c.num_copies * (c.num_copies - 1) // 2 * c.num_alphas * size[c.split]
+  return models * trained, models * forwards
 
 
 def estimate(config):
@@ -159,6 +197,8 @@ def estimate(config):
   model's (train step, forward) FLOPs per example. Every stage's train steps
   are priced at config.train's per-example rate (its augmentation included)."""
   n_train, n_test, shape, classes = DATASETS[config.data.name]
+  n_train = config.data.get("train_subset") or n_train  # stratified subsets (lmcjax/data.py)
+  n_test = config.data.get("test_subset") or n_test
   fpe_train, fpe_fwd, num_params, has_bn = flops_per_example(config.model, config.train, classes,
                                                             shape)
   rows = []

@@ -153,12 +153,12 @@ def alphas(a) -> np.ndarray:
   return np.union1d(grid, np.asarray([0.0, 1.0], np.float32)).astype(np.float32)
 
 
-def start_step(s, a) -> int:
+def start_step(config, num_train: int) -> int:
   """The dense-run step the branches start from (0 = init)."""
-  n = int(s.x_train.shape[0])
+  a = config.analysis
   if a.start == "rewind":
-    return imp.rewind_step(s.config, n)
-  return dense.epoch_step(s.config, n, a.start_epoch) if a.start == "epoch" else 0
+    return imp.rewind_step(config, num_train)
+  return dense.epoch_step(config, num_train, a.start_epoch) if a.start == "epoch" else 0
 
 
 def _start_point(s, a, wd: str, log) -> Tuple[PyTree, int]:
@@ -167,7 +167,7 @@ def _start_point(s, a, wd: str, log) -> Tuple[PyTree, int]:
   IMP's rewind point is step j of the dense run (lmcjax.dense), so no IMP
   stage is needed to start from it.
   """
-  step = start_step(s, a)
+  step = start_step(s.config, int(s.x_train.shape[0]))
   return dense.load(s, wd, step, log), step
 
 
@@ -400,14 +400,19 @@ def _instability_point(s, a, wd, name, mask, step, splits, log) -> Dict[str, Any
                                              _branch_errors(s, stacked, c.num_copies))}
 
 
-def _reusable(a, start_at: int, analysed: Dict[str, Any]):
-  """name -> barrier_statistics of the barrier analysis' own copies, where they
-  are the copies an instability point would train: the same start step, copy
-  count, split and alphas (their seed paths differ only by name)."""
+def reuses_analysis_copies(a) -> bool:
+  """Whether an instability point at the analysis' start step can take the
+  barrier analysis' own copies: the same copy count, split and alphas."""
   c = a.instability
-  where = f"{c.split}/interpolate"
-  same_alphas = np.array_equal(alphas(a), interpolate.default_alphas(c.num_alphas))
-  if not (same_alphas and c.num_copies == a.num_branches):
+  return (np.array_equal(alphas(a), interpolate.default_alphas(c.num_alphas))
+          and c.num_copies == a.num_branches and c.split in a.eval_splits)
+
+
+def _reusable(a, start_at: int, analysed: Dict[str, Any]):
+  """name -> barrier_statistics of the barrier analysis' own copies (see
+  reuses_analysis_copies), for the point at the analysis' start step."""
+  where = f"{a.instability.split}/interpolate"
+  if not reuses_analysis_copies(a):
     return lambda name, step: None
   return lambda name, step: (analysed[name]["barrier_stats"].get(where)
                              if step == start_at and name in analysed else None)

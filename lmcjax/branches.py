@@ -10,7 +10,8 @@ seed path. The execution is chosen per backend (train.resolve_execution):
   sequential: each copy is a train_run, the jitted step driven from Python:
               on XLA:CPU, where convolutions inside scan and vmapped (grouped)
               convolutions run ~10x slower, this trains at the train stage's
-              speed, and it is train_run's code path bit for bit.
+              speed, and it is train_run's code path bit for bit. 'auto'
+              picks it for convnets on CPU (dense nets still gain from vmap).
 """
 import dataclasses
 import functools
@@ -92,7 +93,7 @@ def train_branches(s, spec, params: PyTree, batch_stats: PyTree, mask: Optional[
   """
   validate.positive("num_branches", num_copies)
   validate.positive("branch chunk", chunk)
-  execution = train.resolve_execution(execution)
+  execution = train.resolve_execution(execution, params)
   images = s.x_train if images is None else images
   labels = s.y_train if labels is None else labels
   n = int(images.shape[0])

@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lmcjax import checkpoints
 from lmcjax import dense

@@ -114,10 +114,9 @@ def start_text(start: Dict[str, Any]) -> str:
 def barrier_table(records: List[Dict[str, Any]]) -> str:
   """Error barrier with its 95% CI and counts, branch accuracy with its CI."""
   def row(r):
-    ci = r.get("error_barrier_ci")
-    barrier = stats.format_ci(ci) if ci else _pm(r["error_barrier_mean"], r["error_barrier_std"])
-    acc = stats.format_ci(r["test_accuracy_ci"]) if r.get("test_accuracy_ci") else ""
-    return [r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r["measured_on"], barrier,
+    acc = stats.format_ci(r["test_accuracy_ci"])
+    return [r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r["measured_on"],
+            stats.format_ci(r["error_barrier_ci"]),
             f"{100 * r['error_barrier_max']:.2f}", f"{r['loss_barrier_mean']:.3g}", acc]
   return markdown_table(["model", "sparsity", "split/BN", "error barrier % [95% CI]",
                          "max pair %", "loss barrier (mean)", "copies' test acc % [95% CI]"],

@@ -2,7 +2,6 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -96,9 +95,13 @@ def test_sequential_branches_are_train_run_bit_for_bit(model):
   np.testing.assert_allclose(got.final_loss, vmapped.final_loss, rtol=1e-4)
 
 
-def test_auto_execution_is_sequential_on_cpu():
-  assert train.resolve_execution("auto") == ("sequential" if jax.default_backend() == "cpu"
-                                             else "vmapped")
+def test_auto_execution_is_sequential_for_convnets_on_cpu():
+  cpu = jax.default_backend() == "cpu"
+  conv = experiment.setup(_config("convnet")).init_params
+  mlp = experiment.setup(_config("mlp")).init_params
+  assert train.resolve_execution("auto", conv) == ("sequential" if cpu else "vmapped")
+  assert train.resolve_execution("auto", mlp) == "vmapped"
+  assert train.resolve_execution("vmapped", conv) == "vmapped"
   with pytest.raises(validate.InputError, match="execution='scan'"):
     train.resolve_execution("scan")
 

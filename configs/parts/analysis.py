@@ -28,9 +28,9 @@ def get_section() -> ml_collections.ConfigDict:
       # Landscapes and the Hessian for 'all' analysed models, or only the
       # dense net and each source's sparsest analysed mask.
       detail_models="all",
-      # How the copies train: 'auto' = one jitted step driven from Python on
-      # CPU (convolutions in lax.scan are ~15x slower there), one vmapped
-      # scan on accelerators; or 'vmapped' | 'sequential'.
+      # How the copies train: 'auto' = one jitted step driven from Python for
+      # convnets on CPU (convolutions in lax.scan are ~15x slower there), one
+      # vmapped scan otherwise; or 'vmapped' | 'sequential'.
       execution="auto",
       include_dense=True,
       num_branches=3,  # >= 3 for the three-point plane, >= 4 for the four-seed plane
