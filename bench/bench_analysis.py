@@ -40,7 +40,7 @@ from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-pos
 
 flags.DEFINE_integer("epochs", 3, "Training epochs of each branch copy.")
 flags.DEFINE_integer("repeats", 2, "Timed repeats; the best is reported.")
-flags.DEFINE_float("conv_epochs", 1.0, "Epochs of each ConvNet run (train stage and copies).")
+flags.DEFINE_integer("conv_epochs", 1, "Epochs of each ConvNet run (train stage and copies).")
 flags.DEFINE_bool("conv_vmapped", True, "Also time the vmapped scan on the ConvNet (slow on CPU).")
 FLAGS = flags.FLAGS
 
@@ -106,7 +106,7 @@ def bench_branches(s, start, num, repeats):
          "vmapped", "sequential")
 
 
-def conv_setup(epochs: float, workdir: str):
+def conv_setup(epochs: int, workdir: str):
   """ConvNet-3 w32 on 5,000 + 1,000 random 32x32x3 images, the study's train spec."""
   from configs import cifar10_small  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -127,7 +127,7 @@ def timed_once(fn) -> float:
   return best_time(fn, 1)
 
 
-def bench_conv_branches(epochs: float, vmapped: bool) -> None:
+def bench_conv_branches(epochs: int, vmapped: bool) -> None:
   with tempfile.TemporaryDirectory() as workdir:
     s = conv_setup(epochs, workdir)
   spec, copies = s.config.train, 2
