@@ -18,7 +18,7 @@ FAMILIES = {
     "convnet_none_avg": (models.ConvNet(3, 2, 3, "none", "avg"), (4, 4, 1), True),
     "convnet_none_max": (models.ConvNet(3, 2, 3, "none", "max"), (4, 4, 1), True),
     "convnet_batch": (models.ConvNet(3, 1, 3, "batch", "avg"), (4, 4, 1), True),
-    "resnet_batch": (models.ResNet(3, (2, 3), (1, 1), "batch"), (4, 4, 1), True),
+    "resnet_batch": (models.ResNet(3, (2,), (1,), "batch"), (4, 4, 1), True),
     "vgg_batch": (models.VGG(3, (3, "M", 3, "M")), (4, 4, 1), True),
     "convnet_instance": (models.ConvNet(3, 1, 3, "instance", "avg"), (4, 4, 1), False),
     "convnet_layer": (models.ConvNet(3, 1, 3, "layer", "avg"), (4, 4, 1), False),
@@ -41,27 +41,33 @@ def _problem(name, n=6, dtype=jnp.float64):
   return model, cast(params, 3), stats, x, y
 
 
-def _dense_hessians(model, params, stats, x, y):
-  """Full Hessian of the loss, the GGN J^T H_out J built densely, and the
-  residual sum_c dL/df_c d2f_c, each as a (P, P) float64 matrix."""
+def _dense_ggn(model, params, stats, x, y):
+  """J^T H_out J / N built densely from the full Jacobian of the logits, (P, P)."""
+  del y  # the GGN of softmax cross-entropy does not depend on the labels
   flat, unravel = ravel_pytree(params)
-  loss = hessian.make_loss(model, stats, x, y, 4)
-  residual_loss = hessian.make_residual_loss(model, stats, x, y, 4)
   logits = lambda f: train.forward(model, unravel(f), stats, x, train=False)[0]
   jac = jax.jacrev(logits)(flat)  # (N, C, P)
   p = jax.nn.softmax(logits(flat))
   h_out = jax.vmap(lambda q: jnp.diag(q) - jnp.outer(q, q))(p)
-  ggn = jnp.einsum("ncp,ncd,ndq->pq", jac, h_out, jac) / x.shape[0]
-  full = jax.hessian(lambda f: loss(unravel(f)))(flat)
-  residual = jax.hessian(lambda f: residual_loss(unravel(f)))(flat)
-  return [np.asarray(m, np.float64) for m in (full, ggn, residual)]
+  return np.asarray(jnp.einsum("ncp,ncd,ndq->pq", jac, h_out, jac) / x.shape[0], np.float64)
+
+
+def _dense_hessian(make, model, params, stats, x, y):
+  """The full (P, P) Hessian of make(model, stats, x, y, batch_size) in float64."""
+  flat, unravel = ravel_pytree(params)
+  loss = make(model, stats, x, y, 4)
+  return np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat), np.float64)
+
+
+def _full(model, params, stats, x, y):
+  return _dense_hessian(hessian.make_loss, model, params, stats, x, y)
 
 
 @pytest.mark.parametrize("name", ["mlp", "convnet_none_avg", "convnet_instance"])
 def test_ggn_diagonal_is_the_diagonal_of_the_dense_ggn(name):
   with jax.enable_x64(True):
     model, params, stats, x, y = _problem(name)
-    _, ggn, _ = _dense_hessians(model, params, stats, x, y)
+    ggn = _dense_ggn(model, params, stats, x, y)
     got = ravel_pytree(hessian.ggn_diagonal(model, params, stats, x, y, chunk=4))[0]
   np.testing.assert_allclose(got, np.diag(ggn), rtol=1e-5, atol=1e-12)
 
@@ -73,7 +79,8 @@ def test_residual_diagonal_vanishes_exactly_where_ggn_is_declared_exact(name):
   # and clearly not for instance/layer norm.
   with jax.enable_x64(True):
     model, params, stats, x, y = _problem(name)
-    full, ggn, residual = _dense_hessians(model, params, stats, x, y)
+    full, ggn = _full(model, params, stats, x, y), _dense_ggn(model, params, stats, x, y)
+    residual = _dense_hessian(hessian.make_residual_loss, model, params, stats, x, y)
   np.testing.assert_allclose(full, ggn + residual, atol=1e-10 * np.abs(full).max())
   scale = np.abs(np.diag(full)).max()
   vanishes = np.abs(np.diag(residual)).max() <= 1e-10 * scale
@@ -86,7 +93,7 @@ def test_residual_diagonal_vanishes_exactly_where_ggn_is_declared_exact(name):
 def test_ggn_diagonal_is_the_hessian_diagonal_of_a_relu_mlp():
   with jax.enable_x64(True):
     model, params, stats, x, y = _problem("mlp", n=20)
-    full, _, _ = _dense_hessians(model, params, stats, x, y)
+    full = _full(model, params, stats, x, y)
     got = hessian.hessian_diagonal(model, params, stats, x, y, jax.random.PRNGKey(0),
                                    method="ggn", chunk=6)
   assert got.exact and got.method == "ggn" and "exact Hessian diagonal" in got.label
@@ -131,16 +138,16 @@ def test_masked_entries_are_exactly_zero_and_excluded():
 def test_lanczos_top3_match_eigvalsh_and_respect_a_mask():
   with jax.enable_x64(True):
     model, params, stats, x, y = _problem("mlp", n=20)
-    full, _, _ = _dense_hessians(model, params, stats, x, y)
+    full = _full(model, params, stats, x, y)
     got = hessian.lanczos(model, params, stats, x, y, jax.random.PRNGKey(5), k=3, max_iters=60,
                           tol=1e-6, batch_size=8)
     mask = jax.tree.map(lambda p: (jax.random.uniform(jax.random.PRNGKey(6), p.shape) < 0.6)
                         .astype(p.dtype), params)
     masked = hessian.lanczos(model, params, stats, x, y, jax.random.PRNGKey(5), k=3, mask=mask,
                              max_iters=60, tol=1e-6, batch_size=8)
+    keep = np.asarray(ravel_pytree(mask)[0]) != 0
   np.testing.assert_allclose(got.eigenvalues, np.linalg.eigvalsh(full)[::-1][:3], rtol=1e-4)
   assert got.converged and np.all(got.residuals <= 1e-6 * np.abs(got.eigenvalues))
-  keep = ravel_pytree(mask)[0] != 0
   sub = np.linalg.eigvalsh(full[np.ix_(keep, keep)])[::-1][:3]
   np.testing.assert_allclose(masked.eigenvalues, sub, rtol=1e-4)
 
@@ -198,7 +205,7 @@ def test_slq_density_integrates_to_one_and_its_mean_is_trace_over_n():
 def test_layer_top_eigenvalues_are_those_of_the_diagonal_blocks():
   with jax.enable_x64(True):
     model, params, stats, x, y = _problem("mlp", n=20)
-    full, _, _ = _dense_hessians(model, params, stats, x, y)
+    full = _full(model, params, stats, x, y)
     got = hessian.layer_top_eigenvalues(model, params, stats, x, y, jax.random.PRNGKey(9),
                                         max_iters=60, tol=1e-8, batch_size=8)
   assert set(got) == {"Dense_0/kernel", "Dense_1/kernel"}
