@@ -274,7 +274,8 @@ def _density(c, name: str, data, key, mask, out_dir: str) -> Dict[str, Any]:
            f"{out['steps']} Lanczos steps; {data[3].shape[0]} {c.split} examples)")
   png = plots.plot_spectral_density(os.path.join(out_dir, "hessian_density"),
                                     {name: out}, title)
-  return {"png": png, **{k: out[k] for k in ("mean", "mean_stderr", "dimension", "num_probes",
+  # The file name only: results must not depend on where the workdir lives.
+  return {"png": os.path.basename(png), **{k: out[k] for k in ("mean", "mean_stderr", "dimension", "num_probes",
                                              "steps", "sigma")}}
 
 

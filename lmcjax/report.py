@@ -93,7 +93,8 @@ def analysis_records(analysis: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]
                       "top_eigenvalue": top.get("eigenvalue"),
                       "top_eigenvalue_residual": (top.get("residuals") or [None])[0],
                       "top_eigenvalue_converged": top.get("converged"),
-                      "density_png": h.get("density", {}).get("png")})
+                      "density_png": (f"analysis/{name}/{h['density']['png']}"
+                                      if h.get("density") else None)})
   return {"barriers": barriers, "hessian": hessian}
 
 
@@ -131,7 +132,7 @@ def hessian_table(records: List[Dict[str, Any]]) -> str:
                          "top eigenvalue (Lanczos)", "examples"], rows)
 
 
-def hessian_text(records: List[Dict[str, Any]], workdir: str) -> List[str]:
+def hessian_text(records: List[Dict[str, Any]]) -> List[str]:
   """The curvature section: methods, table, flags for noisy estimates, figures."""
   captions = sorted({r["caption"] for r in records if r.get("caption")})
   lines = ["Diagonal: " + "; ".join(f"{c}" for c in captions) if captions else "",
@@ -145,7 +146,7 @@ def hessian_text(records: List[Dict[str, Any]], workdir: str) -> List[str]:
   if len(noisy) < len(records):
     shown = ", ".join(r["model"] for r in records if r.get("trusted") is not False)
     lines.append(f"![Hessian diagonal of {shown}](analysis/hessian_hist.png)")
-  lines += [f"![{r['model']} spectral density]({os.path.relpath(r['density_png'], workdir)})"
+  lines += [f"![{r['model']} spectral density]({r['density_png']})"
             for r in records if r.get("density_png")]
   return [line for line in lines if line]
 
@@ -196,7 +197,7 @@ def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
                  "![interpolation](analysis/interpolation.png)",
                  "![barrier vs sparsity](analysis/barrier_vs_sparsity.png)"]
   if results["hessian"]:
-    sections += ["## Hessian (first branch of each model)"] + hessian_text(results["hessian"], workdir)
+    sections += ["## Hessian (first branch of each model)"] + hessian_text(results["hessian"])
   if analysis.get("models"):
     sections += ["## Loss landscapes"] + landscape_lines(analysis, workdir)
   if "imp" in summary:
