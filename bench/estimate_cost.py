@@ -160,10 +160,15 @@ def analysis_counts(config, n_train: int, n_test: int, num_classes: int, num_par
              for kind in a.landscape.kinds) * size[a.landscape.split]
   h = a.hessian
   hess_batch = h.batch_size * h.num_batches if h.num_batches else size[h.split]
-  # An HVP is a forward-over-backward, ~2 train steps; the exact diagonal takes
-  # one HVP per parameter on small models.
-  hvps = h.max_probes + h.power_iters + (num_params if num_params <= h.exact_max_params else 0)
-  hessian = hvps * hess_batch * 2 if h.enabled else 0
+  # An HVP is a forward-over-backward, ~2 train steps; the GGN diagonal one
+  # backward pass per class; Lanczos at most lanczos_iters HVPs for the net
+  # and for each kernel block (3 kernels, as LeNet-300-100: an assumption);
+  # the exact diagonal one HVP per parameter on small models.
+  probes = 0 if h.method == "ggn" else h.max_probes
+  lanczos = h.lanczos_iters * (1 + (3 if h.layer_eigenvalues else 0))
+  density = h.density_probes * h.density_steps if h.density else 0
+  hvps = probes + lanczos + density + (num_params if num_params <= h.exact_max_params else 0)
+  hessian = (hvps * 2 + num_classes) * hess_batch if h.enabled else 0
   per_model = branches + hessian, interp + grid
   inst = instability_counts(config, n_train, size)
   return tuple(analysed_models(config) * x + y for x, y in zip(per_model, inst))

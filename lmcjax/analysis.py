@@ -7,9 +7,13 @@ with imp.rewind_schedule='continue' they train the remaining steps, as
 Frankle et al.), then writes under DIR/analysis/MODEL/:
   interpolation_SPLIT_BN.json  every pairwise path and its barriers;
   landscape_KIND.npz/.png      raw grid and contour plot;
-  hessian.json/.npz            Hutchinson diagonal summaries, trace, top eigenvalue;
+  hessian.json/.npz            Hessian diagonal (exact GGN where that is the Hessian
+                               diagonal, else labelled estimates), per-layer traces and
+                               top eigenvalues, Lanczos top eigenvalues;
+  hessian_density.png/.json    SLQ spectral density;
 and, across models, DIR/analysis/{interpolation,barrier_vs_sparsity,
-hessian_hist}.png with their .json and summary.json. With
+hessian_hist}.png with their .json and summary.json. The Hessian histogram
+holds only diagonals that are exact or have relative SE <= 0.3. With
 analysis.instability.enabled, DIR/analysis/instability.{json,npz,png}: the
 error barrier between copies against the rewind epoch (Frankle et al. 2020,
 Fig. 3), for the dense net and each source's sparsest analysed mask.
@@ -34,6 +38,7 @@ from lmcjax import interpolate
 from lmcjax import landscape
 from lmcjax import logs
 from lmcjax import masks
+from lmcjax import models
 from lmcjax import plots
 from lmcjax import rng
 from lmcjax import stats
@@ -95,7 +100,7 @@ def check_config(config) -> None:
   validate.positive("analysis.bn_reset_batches", a.bn_reset_batches)
   validate.positive("analysis.bn_reset_batch_size", a.bn_reset_batch_size)
   _check_landscape(a.landscape, a.num_branches)
-  _check_hessian(a.hessian)
+  _check_hessian(a.hessian, config.model)
 
 
 def _check_round(config, r, what: str) -> None:
@@ -136,14 +141,22 @@ def _check_landscape(c, num_branches: int) -> None:
   validate.positive("analysis.landscape.span", c.span)
 
 
-def _check_hessian(c) -> None:
+def _check_hessian(c, model_cfg) -> None:
   validate.choice("analysis.hessian.split", c.split, SPLITS)
+  if c.enabled:  # a method that does not apply to the model is refused with the reason
+    hessian.resolve_method(c.method, models.create(model_cfg, num_classes=10))
   validate.positive("analysis.hessian.batch_size", c.batch_size)
   validate.non_negative("analysis.hessian.num_batches", c.num_batches)
+  validate.positive("analysis.hessian.ggn_chunk", c.ggn_chunk)
   validate.positive("analysis.hessian.max_probes", c.max_probes)
   validate.positive("analysis.hessian.probe_chunk", c.probe_chunk)
   validate.non_negative("analysis.hessian.tol", c.tol)
-  validate.positive("analysis.hessian.power_iters", c.power_iters)
+  validate.positive("analysis.hessian.lanczos_k", c.lanczos_k)
+  validate.require(c.lanczos_iters >= c.lanczos_k, f"analysis.hessian.lanczos_iters "
+                   f"({c.lanczos_iters}) must be >= lanczos_k ({c.lanczos_k})")
+  validate.non_negative("analysis.hessian.lanczos_tol", c.lanczos_tol)
+  validate.positive("analysis.hessian.density_probes", c.density_probes)
+  validate.positive("analysis.hessian.density_steps", c.density_steps)
   validate.positive("analysis.hessian.hist_bins", c.hist_bins)
 
 
@@ -270,6 +283,13 @@ def _landscapes(s, a, name: str, stacked, mask, splits, out_dir: str) -> Dict[st
   return out
 
 
+def _caption(diag: hessian.Diagonal, num_examples: int, split: str) -> str:
+  """What a curvature figure shows: its method, exact or with its relative SE, and the data."""
+  how = ("exact" if diag.exact else
+         f"estimated, relative SE {diag.relative_stderr:.2g} over {diag.num_probes} probes")
+  return f"{diag.label}; {how}; {num_examples} {split} examples"
+
+
 def _hessian(s, a, name: str, stacked, mask, splits, out_dir: str) -> Tuple[Dict[str, Any], np.ndarray]:
   c = a.hessian
   params = interpolate.take(stacked["params"], 0)
@@ -278,27 +298,54 @@ def _hessian(s, a, name: str, stacked, mask, splits, out_dir: str) -> Tuple[Dict
       rng.named_key(s.config.seeds.data_order, "analysis", "hessian"), *splits[c.split],
       c.batch_size, c.num_batches)
   key = rng.named_key(s.config.seeds.init, "analysis", name, "hessian")
+  data = (s.model, params, stats, images, labels)
   common = dict(mask=mask, batch_size=c.batch_size)
-  est = hessian.hutchinson(s.model, params, stats, images, labels, key, max_probes=c.max_probes,
-                           chunk=c.probe_chunk, tol=c.tol, **common)
-  top = hessian.top_eigenvalue(s.model, params, stats, images, labels, jax.random.fold_in(key, 1),
-                               iters=c.power_iters, tol=c.power_tol, **common)
-  result = {"split": c.split, "num_examples": int(images.shape[0]), "num_probes": est.num_probes,
-            "converged": est.converged, "relative_stderr": est.relative_stderr,
-            "trace": est.trace, "trace_stderr": est.trace_stderr, "top_eigenvalue": top,
-            "layers": hessian.layer_summaries(est.diagonal, mask, c.hist_bins)}
-  arrays = {"diagonal/" + k: v for k, v in _flat_named(est.diagonal).items()}
-  arrays.update({"stderr/" + k: v for k, v in _flat_named(est.stderr).items()})
-  if sum(np.size(x) for x in jax.tree.leaves(params)) <= c.exact_max_params:
-    exact = hessian.exact_diagonal(s.model, params, stats, images, labels, **common,
-                                   max_params=c.exact_max_params)
+  diag = hessian.hessian_diagonal(*data, key, method=c.method, chunk=c.ggn_chunk,
+                                  max_probes=c.max_probes, probe_chunk=c.probe_chunk, tol=c.tol,
+                                  max_params=c.exact_max_params, **common)
+  eigen = dict(max_iters=c.lanczos_iters, tol=c.lanczos_tol, **common)
+  top = hessian.lanczos(*data, jax.random.fold_in(key, 1), k=c.lanczos_k, **eigen)
+  n = int(images.shape[0])
+  result = {"split": c.split, "num_examples": n, "method": diag.method, "label": diag.label,
+            "exact": diag.exact, "caption": _caption(diag, n, c.split),
+            "trusted": diag.exact or diag.relative_stderr <= hessian.TRUSTED_RELATIVE_STDERR,
+            "num_probes": diag.num_probes, "converged": diag.converged,
+            "relative_stderr": diag.relative_stderr, "trace": diag.trace,
+            "trace_stderr": diag.trace_stderr,
+            "top_eigenvalue": {"eigenvalue": float(top.eigenvalues[0]), **top.as_dict()},
+            "layers": hessian.layer_summaries(diag.values, mask, c.hist_bins)}
+  if c.layer_eigenvalues:
+    result["layer_top_eigenvalues"] = hessian.layer_top_eigenvalues(
+        *data, jax.random.fold_in(key, 2), **eigen)
+  if c.density:
+    result["density"] = _density(c, name, data, jax.random.fold_in(key, 3), mask, out_dir)
+  arrays = {"diagonal/" + k: v for k, v in _flat_named(diag.values).items()}
+  arrays.update({"stderr/" + k: v for k, v in _flat_named(diag.stderr).items()})
+  if diag.ggn is not None:
+    arrays.update({"ggn/" + k: v for k, v in _flat_named(diag.ggn).items()})
+  num_params = sum(np.size(x) for x in jax.tree.leaves(params))
+  if num_params <= c.exact_max_params and diag.method != "exact":
+    exact = hessian.exact_diagonal(*data, **common, max_params=c.exact_max_params)
     arrays.update({"exact/" + k: v for k, v in _flat_named(exact).items()})
-    got, want = hessian.kept_values(est.diagonal, mask), hessian.kept_values(exact, mask)
+    got, want = hessian.kept_values(diag.values, mask), hessian.kept_values(exact, mask)
     result["relative_error_vs_exact"] = float(np.linalg.norm(got - want) /
                                               max(np.linalg.norm(want), 1e-30))
   np.savez(os.path.join(out_dir, "hessian.npz"), **arrays)
   logs.write_json(os.path.join(out_dir, "hessian.json"), result)
-  return result, hessian.kept_values(est.diagonal, mask)
+  return result, hessian.kept_values(diag.values, mask)
+
+
+def _density(c, name: str, data, key, mask, out_dir: str) -> Dict[str, Any]:
+  """SLQ spectral density of one model, plotted; returns its summary."""
+  out = hessian.spectral_density(*data, key, mask=mask, num_probes=c.density_probes,
+                                 steps=c.density_steps, batch_size=c.batch_size)
+  title = (f"{name}: Hessian spectral density (SLQ, {out['num_probes']} probe(s) x "
+           f"{out['steps']} Lanczos steps; {data[3].shape[0]} {c.split} examples)")
+  png = plots.plot_spectral_density(os.path.join(out_dir, "hessian_density"),
+                                    {name: out}, title)
+  # The file name only: results must not depend on where the workdir lives.
+  return {"png": os.path.basename(png), **{k: out[k] for k in ("mean", "mean_stderr", "dimension", "num_probes",
+                                             "steps", "sigma")}}
 
 
 def _flat_named(tree: PyTree) -> Dict[str, np.ndarray]:
@@ -478,10 +525,14 @@ def _figures(a, results, out_dir: str) -> Dict[str, str]:
         os.path.join(out_dir, "barrier_vs_sparsity"), series, "sparsity (%)",
         f"{first(next(iter(results.values()))[1])} error barrier (%), 95% CI",
         "one seed: CI over pairs, which share copies")
-  if a.hessian.enabled:
+  # Only exact or trusted diagonals: an estimate with relative SE > 0.3 is
+  # noise, and a histogram of noise must not be read as a comparison.
+  trusted = {n: r for n, r in results.items() if r[0]["hessian"].get("trusted")}
+  if a.hessian.enabled and trusted:
+    captions = sorted({r[0]["hessian"]["caption"] for r in trusted.values()})
     files["hessian_hist"] = plots.plot_hessian_histograms(
-        os.path.join(out_dir, "hessian_hist"), {n: r[2] for n, r in results.items()},
-        a.hessian.hist_bins)
+        os.path.join(out_dir, "hessian_hist"), {n: r[2] for n, r in trusted.items()},
+        a.hessian.hist_bins, title="\n".join(captions))
   return files
 
 

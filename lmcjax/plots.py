@@ -77,17 +77,19 @@ def plot_instability(stem: str, curves: Dict[str, List[Dict[str, Any]]], split: 
                        "instability vs rewind point", save_numbers=False)
 
 
-def plot_hessian_histograms(stem: str, values: Dict[str, np.ndarray], bins: int = 50) -> str:
+def plot_hessian_histograms(stem: str, values: Dict[str, np.ndarray], bins: int = 50,
+                            title: str = "") -> str:
   """Histograms of the Hessian diagonal (unpruned entries), one per model.
 
-  The x axis is symlog: diagonals span orders of magnitude around zero.
+  The x axis is symlog: diagonals span orders of magnitude around zero. The
+  title says how the diagonals were computed (method, examples).
   """
   all_values = np.concatenate([np.asarray(v) for v in values.values()])
   limit = max(float(np.max(np.abs(all_values))) if all_values.size else 1.0, 1e-12)
   edges = np.concatenate([-np.geomspace(limit, limit * 1e-6, bins // 2),
                           np.geomspace(limit * 1e-6, limit, bins // 2)])
   hist = {name: np.histogram(v, bins=edges)[0].tolist() for name, v in values.items()}
-  logs.write_json(stem + ".json", {"edges": edges.tolist(), "counts": hist,
+  logs.write_json(stem + ".json", {"edges": edges.tolist(), "counts": hist, "title": title,
                                    "num_entries": {k: int(np.size(v)) for k, v in values.items()}})
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, counts in hist.items():
@@ -97,6 +99,26 @@ def plot_hessian_histograms(stem: str, values: Dict[str, np.ndarray], bins: int 
   ax.set_yscale("log")
   ax.set_xlabel("Hessian diagonal entry")
   ax.set_ylabel("count")
+  ax.set_title(title, fontsize=6)
+  ax.legend(fontsize=7)
+  return _save(fig, stem)
+
+
+def plot_spectral_density(stem: str, densities: Dict[str, Dict[str, Any]], title: str = "") -> str:
+  """Hessian spectral densities (hessian.spectral_density), one curve per model.
+
+  The y axis is log, as PyHessian's plots: the mass near zero dwarfs the outliers.
+  """
+  logs.write_json(stem + ".json", {"title": title, "densities": {
+      name: {k: np.asarray(v).tolist() if k in ("grid", "density") else v for k, v in d.items()}
+      for name, d in densities.items()}})
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, d in densities.items():
+    density = np.asarray(d["density"])
+    ax.semilogy(d["grid"], np.maximum(density, density.max() * 1e-12), label=name, lw=1.2)
+  ax.set_xlabel("eigenvalue")
+  ax.set_ylabel("density")
+  ax.set_title(title, fontsize=7)
   ax.legend(fontsize=7)
   return _save(fig, stem)
 

@@ -95,10 +95,16 @@ def analysis_records(analysis: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]
                        "start": m.get("start"), **b, **extra})
     h = m.get("hessian")
     if h:
+      top = h.get("top_eigenvalue", {})
       hessian.append({"model": name, "source": source, "sparsity": m.get("sparsity"),
-                      "trace": h.get("trace"), "trace_stderr": h.get("trace_stderr"),
-                      "top_eigenvalue": h.get("top_eigenvalue", {}).get("eigenvalue"),
-                      "num_probes": h.get("num_probes")})
+                      **{k: h.get(k) for k in ("method", "exact", "trusted", "caption",
+                                               "relative_stderr", "num_examples", "trace",
+                                               "trace_stderr", "num_probes")},
+                      "top_eigenvalue": top.get("eigenvalue"),
+                      "top_eigenvalue_residual": (top.get("residuals") or [None])[0],
+                      "top_eigenvalue_converged": top.get("converged"),
+                      "density_png": (f"analysis/{name}/{h['density']['png']}"
+                                      if h.get("density") else None)})
   return {"barriers": barriers, "hessian": hessian}
 
 
@@ -175,11 +181,43 @@ def instability_table(records: List[Dict[str, Any]],
 
 
 def hessian_table(records: List[Dict[str, Any]]) -> str:
-  rows = [[r["model"], f"{100 * (r['sparsity'] or 0):.1f}%",
-           f"{r['trace']:.4g} ± {r['trace_stderr']:.2g}", r["top_eigenvalue"], r["num_probes"]]
-          for r in records]
-  return markdown_table(["model", "sparsity", "Hutchinson trace ± s.e.", "top eigenvalue",
-                         "probes"], rows)
+  """Trace (exact, or ± s.e. and flagged when noisy) and Lanczos top eigenvalue per model."""
+  def trace(r):
+    if r.get("exact"):
+      return f"{r['trace']:.4g} (exact)"
+    noisy = "" if r.get("trusted") else " NOISY"
+    return f"{r['trace']:.4g} ± {r['trace_stderr']:.2g}{noisy}"
+
+  def top(r):
+    if r.get("top_eigenvalue_residual") is None:
+      return r["top_eigenvalue"]
+    flag = "" if r.get("top_eigenvalue_converged") else ", not converged"
+    return (f"{r['top_eigenvalue']:.4g} (residual "
+            f"{r['top_eigenvalue_residual'] / max(abs(r['top_eigenvalue']), 1e-30):.1g}·λ{flag})")
+
+  rows = [[r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r.get("method", "hutchinson"),
+           trace(r), top(r), r.get("num_examples", "")] for r in records]
+  return markdown_table(["model", "sparsity", "diagonal method", "trace of the diagonal",
+                         "top eigenvalue (Lanczos)", "examples"], rows)
+
+
+def hessian_text(records: List[Dict[str, Any]]) -> List[str]:
+  """The curvature section: methods, table, flags for noisy estimates, figures."""
+  captions = sorted({r["caption"] for r in records if r.get("caption")})
+  lines = ["Diagonal: " + "; ".join(f"{c}" for c in captions) if captions else "",
+           hessian_table(records)]
+  noisy = [r for r in records if r.get("trusted") is False]
+  for r in noisy:
+    lines.append(f"**{r['model']}: the Hessian diagonal is an estimate with relative standard "
+                 f"error {r['relative_stderr']:.2f} > 0.3, noise at the scale of the diagonal "
+                 "itself. It is left out of the histogram and must not be compared between "
+                 "mask sources.**")
+  if len(noisy) < len(records):
+    shown = ", ".join(r["model"] for r in records if r.get("trusted") is not False)
+    lines.append(f"![Hessian diagonal of {shown}](analysis/hessian_hist.png)")
+  lines += [f"![{r['model']} spectral density]({r['density_png']})"
+            for r in records if r.get("density_png")]
+  return [line for line in lines if line]
 
 
 def landscape_lines(analysis: Dict[str, Any], workdir: str) -> List[str]:
@@ -274,9 +312,7 @@ def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
   if results["instability"]:
     sections += _instability_section(workdir, analysis, results["instability"])
   if results["hessian"]:
-    sections += ["## Hessian (Hutchinson, first branch of each model)",
-                 hessian_table(results["hessian"])]
-    sections += _figure(workdir, "analysis/hessian_hist.png", "Hessian diagonal")
+    sections += ["## Hessian (first branch of each model)"] + hessian_text(results["hessian"])
   landscapes = landscape_lines(analysis, workdir)
   if landscapes:
     sections += ["## Loss landscapes"] + landscapes

@@ -33,8 +33,8 @@ def _config():
   a.num_alphas, a.alpha_chunk = 5, 4
   a.eval_splits = ("test", "distilled")
   a.landscape.kinds, a.landscape.resolution = ("three_point", "random_1d"), 5
-  a.hessian.update(batch_size=100, num_batches=1, max_probes=8, probe_chunk=4, power_iters=5,
-                   exact_max_params=2000)
+  a.hessian.update(batch_size=100, num_batches=1, max_probes=8, probe_chunk=4, lanczos_iters=5,
+                   density_steps=5, exact_max_params=2000)
   return c
 
 
@@ -68,8 +68,9 @@ def test_stage_writes_barriers_landscapes_hessian_and_plots(tmp_path):
   for model in summary["models"].values():
     assert set(model["barriers"]) == {"test/interpolate", "distilled/interpolate"}
     assert np.isfinite(model["barriers"]["test/interpolate"]["error_barrier_mean"])
-    assert model["hessian"]["num_probes"] == 8
-    assert model["hessian"]["relative_error_vs_exact"] >= 0
+    # A ReLU MLP: the default method is the exact GGN diagonal, which is the Hessian's.
+    assert model["hessian"]["method"] == "ggn" and model["hessian"]["exact"]
+    assert model["hessian"]["relative_error_vs_exact"] < 1e-3
   out = layout.analysis_dir(wd)
   paths = logs.read_json(os.path.join(out, "real_r01", "interpolation_test_interpolate.json"))
   assert [(p["i"], p["j"]) for p in paths["pairs"]] == [(0, 1), (0, 2), (1, 2)]
@@ -107,6 +108,9 @@ def test_a_rerun_is_bit_identical(tmp_path):
     ("alpha_chunk", 0, "alpha_chunk must be > 0"),
     ("hessian.max_probes", 0, "max_probes must be > 0"),
     ("hessian.probe_chunk", 0, "probe_chunk must be > 0"),
+    ("hessian.ggn_chunk", 0, "ggn_chunk must be > 0"),
+    ("hessian.method", "newton", "hessian method"),
+    ("hessian.lanczos_iters", 0, "lanczos_iters .* must be >= lanczos_k"),
     ("landscape.chunk", 0, "landscape.chunk must be > 0"),
     ("landscape.kinds", ("four_seed",), "num_branches >= 4"),
     ("targets", ("real4",), "not 'source:round'"),
@@ -138,6 +142,16 @@ def test_bad_config_is_a_clear_error_before_compute(path, value, match):
     return
   with pytest.raises(validate.InputError, match=match):
     experiment.check_config(config)
+
+
+def test_ggn_as_the_hessian_of_an_instance_norm_net_is_refused_before_compute():
+  config = _config()
+  config.model.update(name="convnet", norm="instance", depth=1, width=4)
+  config.analysis.hessian.method = "ggn"
+  with pytest.raises(validate.InputError, match="instance norm"):
+    experiment.check_config(config)
+  config.analysis.hessian.method = "auto"  # GGN plus the residual's estimate: allowed
+  experiment.check_config(config)
 
 
 def test_instability_writes_its_curve_plot_and_numbers(tmp_path):

@@ -1,4 +1,6 @@
-"""HVPs, the Hutchinson diagonal against the exact one, power iteration, summaries."""
+"""HVPs, the Hutchinson diagonal against the exact one, summaries, bad input.
+
+The GGN diagonal, the residual and Lanczos are in test_curvature.py."""
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
@@ -98,15 +100,6 @@ def test_pruned_entries_are_excluded(tiny):
   assert kernel["excluded"] == 18 and kernel["kept"] == 18
   assert sum(kernel["histogram"]["counts"]) == 18
   np.testing.assert_allclose(kernel["trace"], est.diagonal["Dense_0"]["kernel"].sum(), rtol=1e-6)
-
-
-def test_power_iteration_finds_the_top_eigenvalue(tiny):
-  model, params, x, y = tiny
-  eig = np.linalg.eigvalsh(_full_hessian(model, params, x, y))
-  want = eig[np.argmax(np.abs(eig))]
-  got = hessian.top_eigenvalue(model, params, {}, x, y, jax.random.PRNGKey(6), iters=500,
-                               tol=1e-7, batch_size=16)
-  np.testing.assert_allclose(got["eigenvalue"], want, rtol=1e-2)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -79,12 +79,26 @@ def get_section() -> ml_collections.ConfigDict:
           split="train",
           batch_size=500,
           num_batches=2,  # 0 = the whole split
+          # auto: the exact GGN diagonal where it is the exact Hessian diagonal
+          # (ReLU nets without instance/layer norm: LeNet, eval-mode BN nets),
+          # else GGN + a Hutchinson estimate of the residual. Also: ggn |
+          # ggn+residual | hutchinson | exact (one HVP per parameter, tiny nets).
+          method="auto",
+          ggn_chunk=50,  # examples per vmapped GGN call: chunk x classes x params floats
+          # Hutchinson (method hutchinson, or the residual of ggn+residual).
           max_probes=64,
           probe_chunk=8,
           tol=0.05,  # stop once the relative standard error is below this
-          power_iters=20,
-          power_tol=1e-3,
-          exact_max_params=2000,  # exact diagonal (one HVP per param) below this
+          # Top eigenvalues: Lanczos until each Ritz residual is <= lanczos_tol * |lambda|.
+          lanczos_k=1,
+          lanczos_iters=60,
+          lanczos_tol=1e-3,
+          layer_eigenvalues=True,  # top eigenvalue of each kernel's diagonal block
+          # Spectral density by stochastic Lanczos quadrature (PyHessian density()).
+          density=True,
+          density_probes=1,
+          density_steps=40,
+          exact_max_params=2000,  # also compare with the exact diagonal below this
           hist_bins=50,
       )),
   ))
