@@ -211,8 +211,13 @@ def _difference_sentence(result: dict) -> str:
             f"is {d} {_points(d)} ({ci} {lo} to {hi}, {seeds}).")
   direction = "lower" if diff < 0 else "higher"
   d, lo, hi = _format_numbers([abs(diff), -high, -low] if diff < 0 else [diff, low, high], 100.0, 2)
-  return (f"{a}'s {quantity} is {direction} than {b}'s by {d} {_points(d)} ({ci} {lo} to {hi}, {seeds}): "
-          "the data separate them.")
+  sentence = (f"{_possessive(a)} {quantity} is {direction} than {_possessive(b)} by {d} "
+              f"{_points(d)} ({ci} {lo} to {hi}, {seeds}): the data separate them.")
+  return sentence[0].upper() + sentence[1:]
+
+
+def _possessive(name: str) -> str:
+  return name + ("'" if name.endswith("s") else "'s")
 
 
 def paired_difference(a_by_seed: Mapping[Any, Sequence[float]], b_by_seed: Mapping[Any, Sequence[float]],

@@ -130,7 +130,10 @@ def test_clear_difference_separates_with_sign_a_minus_b():
   result = stats.paired_difference(_shifted(real, -0.02), real, "distilled", "real")
   assert result["difference"] == pytest.approx(-0.02)
   assert result["separated"] and result["high"] < 0
-  assert result["sentence"].startswith("distilled's error barrier is lower than real's by 2.0")
+  assert result["sentence"].startswith("Distilled's error barrier is lower than real's by 2.0")
+  plural = stats.paired_difference({0: [0.5, 0.51, 0.52]}, {0: [0.1, 0.11, 0.12]}, "the set",
+                                   "random subsets", "test accuracy")
+  assert "than random subsets' by" in plural["sentence"]
   assert "separate them" in result["sentence"] and "do not" not in result["sentence"]
   flipped = stats.paired_difference(real, _shifted(real, -0.02), "real", "distilled")
   assert flipped["difference"] == pytest.approx(0.02) and "higher" in flipped["sentence"]
