@@ -32,10 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import landscape  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_integer("epochs", 3, "Training epochs of each branch copy.")
@@ -99,7 +99,7 @@ def bench_branches(s, start, num, repeats):
   spec = s.config.train
   vmapped = lambda: branches.train_branches(s, spec, start["params"], {}, None, prefix=("bench",),
                                             num_copies=num, chunk=num).params
-  sequential = lambda: [experiment.train_run(s, spec, start["params"], {}, None,
+  sequential = lambda: [runtime.train_run(s, spec, start["params"], {}, None,
                                              seed_path=p, stage="bench").state.params
                         for p in branches.seed_paths(("bench",), num)]
   report(f"branches N={num}", best_time(vmapped, repeats), best_time(sequential, repeats),
@@ -119,7 +119,7 @@ def conv_setup(epochs: int, workdir: str):
   config.data.update(name="npz", npz_path=path, train_subset=0, test_subset=0)
   config.train.epochs = epochs
   config.log_every_steps = 0
-  return experiment.setup(config)
+  return runtime.setup(config)
 
 
 def timed_once(fn) -> float:
@@ -131,7 +131,7 @@ def bench_conv_branches(epochs: int, vmapped: bool) -> None:
   with tempfile.TemporaryDirectory() as workdir:
     s = conv_setup(epochs, workdir)
   spec, copies = s.config.train, 2
-  run = lambda: experiment.train_run(s, spec, s.init_params, {}, None, seed_path=("bench",),
+  run = lambda: runtime.train_run(s, spec, s.init_params, {}, None, seed_path=("bench",),
                                      stage="bench", evaluate_test=False).state.params
   per_epoch = timed_once(run) / epochs
   branch = lambda execution: lambda: branches.train_branches(
@@ -152,7 +152,7 @@ def main(argv):
   config = default.get_config()
   config.train.epochs = FLAGS.epochs
   config.log_every_steps = 0
-  s = experiment.setup(config)
+  s = runtime.setup(config)
   print(f"devices: {jax.devices()}; LeNet-300-100, MNIST-5k; branches {FLAGS.epochs:g} epochs "
         f"({train.total_steps(config.train, int(s.x_train.shape[0]))} steps)", flush=True)
   start = {"params": s.init_params, "batch_stats": {}}

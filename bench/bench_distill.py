@@ -19,10 +19,10 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from configs import distill_mnist5k  # pylint: disable=g-import-not-at-top
-from lmcjax import experiment
-from lmcjax import models
 from lmcjax.distill import experts
 from lmcjax.distill import stage
+from lmcjax import models
+from lmcjax import runtime
 
 
 # MTT experts are trained once (unrolled, fast on CPU) and reloaded by later builds.
@@ -70,7 +70,7 @@ def main():
   config = distill_mnist5k.get_config()
   config.distill.model.width = args.width
   config.distill.mtt.max_start_epoch = 1  # bench experts: 3 epochs are enough
-  s = experiment.setup(config)
+  s = runtime.setup(config)
   print(f"# MNIST-5k, ConvNet-3 width {args.width}, ipc {config.distill.ipc}, "
         f"backend {jax.default_backend()}, {jax.device_count()} device(s)")
   for method in args.methods.split(","):

@@ -27,10 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_analysis  # pylint: disable=g-import-not-at-top,wrong-import-position  # --repeats, best_time
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_integer("examples", 1000, "Training images the loss averages over.")
@@ -99,7 +99,7 @@ def bench_lanczos(model, params, x, y, tol=1e-3):
 def main(argv):
   del argv
   config = default.get_config()
-  s = experiment.setup(config)
+  s = runtime.setup(config)
   x, y = s.x_train[:FLAGS.examples], s.y_train[:FLAGS.examples]
   print(f"devices: {jax.devices()}; MNIST-5k, {x.shape[0]} training images", flush=True)
   bench_ggn("LeNet-300-100", s.model, s.init_params, x, y, FLAGS.rows, 64, FLAGS.repeats)

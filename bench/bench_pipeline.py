@@ -21,8 +21,9 @@ import bench_analysis  # pylint: disable=g-import-not-at-top,wrong-import-positi
 import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import pipeline
+from lmcjax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def train_step_rows(steps: int, batch: int):
@@ -40,12 +41,12 @@ def copies_rows(epochs: float, repeats: int):
   config = default.get_config()
   config.train.epochs = epochs
   config.log_every_steps = 0
-  s = experiment.setup(config)
+  s = runtime.setup(config)
   rows = []
   for num in (2, 4):
     vmapped = lambda n=num: branches.train_branches(
         s, config.train, s.init_params, {}, None, prefix=("bench",), num_copies=n, chunk=n).params
-    sequential = lambda n=num: [experiment.train_run(s, config.train, s.init_params, {}, None,
+    sequential = lambda n=num: [runtime.train_run(s, config.train, s.init_params, {}, None,
                                                      seed_path=p, stage="bench").state.params
                                 for p in branches.seed_paths(("bench",), n)]
     fast = bench_analysis.best_time(vmapped, repeats)
@@ -59,7 +60,7 @@ def stage_rows(workdir: str):
     workdir = tempfile.mkdtemp(prefix="lmcjax_bench_")
     config = default.get_config()
     config.log_every_steps = 0
-    experiment.run(config, workdir)
+    pipeline.run(config, workdir)
   summary = logs.read_json(os.path.join(workdir, "summary.json"))
   return workdir, [(k, v["seconds"]) for k, v in summary.items()
                    if isinstance(v, dict) and "seconds" in v]

@@ -35,11 +35,11 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import dense  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.distill import stage as distill_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import imp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax.distill import stage as distill_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> (train examples, test examples, image shape, classes); mnist5k is the default's split.
 DATASETS = {

@@ -12,9 +12,9 @@ from ml_collections import config_flags
 # Configs import each other as `configs.X`; they live beside launch/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lmcjax import experiment  # pylint: disable=g-import-not-at-top
 from lmcjax import logs  # pylint: disable=g-import-not-at-top
 from lmcjax import parallel  # pylint: disable=g-import-not-at-top
+from lmcjax import pipeline  # pylint: disable=g-import-not-at-top
 from lmcjax import train  # pylint: disable=g-import-not-at-top
 from lmcjax import validate  # pylint: disable=g-import-not-at-top
 
@@ -41,7 +41,7 @@ def main(argv):
   logs.quiet_library_logs()
   try:
     parallel.maybe_initialize_distributed(flags.FLAGS.config)
-    experiment.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    pipeline.run(flags.FLAGS.config, flags.FLAGS.workdir)
   except (validate.InputError, train.NonFiniteLossError) as e:
     sys.exit(f"lmcjax: error: {e}")
   except OSError as e:  # a full disk or lost permissions mid-run

@@ -31,7 +31,6 @@ import numpy as np
 from lmcjax import branches as branches_lib
 from lmcjax import checkpoints
 from lmcjax import dense
-from lmcjax import experiment
 from lmcjax import hessian
 from lmcjax import imp
 from lmcjax import interpolate
@@ -41,6 +40,7 @@ from lmcjax import masks
 from lmcjax import models
 from lmcjax import plots
 from lmcjax import rng
+from lmcjax import runtime
 from lmcjax import stats
 from lmcjax import synthetic
 from lmcjax import train
@@ -50,16 +50,8 @@ from lmcjax import workdir as layout
 PyTree = Any
 SPLITS = ("train", "test", "distilled")
 TARGET = re.compile(r"^([a-z_]+):(\d+)$")
-# Stage interface (experiment.STAGE_MODULES): the config sections read, the
-# stages whose outputs are read (rewind point, masks, distilled set), and the
-# outputs moved aside when the inputs change.
-CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "analysis",
-                 "parallel", "imp.rewind_schedule", "imp.rewind_step", "imp.rewind_epochs",
-                 "imp.sources", "imp.rounds")
 STARTS = ("rewind", "init", "epoch")
 DETAIL = ("all", "dense_and_sparsest")
-DEPENDS_ON = ("distill", "imp")
-OUTPUT_DIRS = lambda wd: (layout.analysis_dir(wd),)
 
 
 def check_config(config) -> None:
@@ -353,7 +345,7 @@ def _flat_named(tree: PyTree) -> Dict[str, np.ndarray]:
 
 
 def _branch_errors(s, stacked, num: int) -> List[float]:
-  return [1.0 - experiment.evaluate(s, interpolate.take(stacked["params"], i),
+  return [1.0 - runtime.evaluate(s, interpolate.take(stacked["params"], i),
                                     interpolate.take(stacked["batch_stats"], i))["accuracy"]
           for i in range(num)]
 
@@ -570,3 +562,12 @@ def run_stage(s, wd: str, log: logs.MetricsLog) -> Dict[str, Any]:
                                          summary["models"])
   logs.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary
+
+
+# Reads the rewind point, masks and distilled set of the earlier stages.
+STAGE = runtime.Stage(
+    "analysis", run_stage, check_config,
+    reads=("seeds", "data", "model", "train", "prune", "eval_batch_size", "analysis",
+           "parallel", "stages", "imp.rewind_schedule", "imp.rewind_step", "imp.rewind_epochs",
+           "imp.sources", "imp.rounds"),
+    depends_on=("distill", "imp"), output_dirs=lambda workdir: (layout.analysis_dir(workdir),))

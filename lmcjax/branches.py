@@ -1,6 +1,6 @@
 """SGD-noise branches: N copies trained from one point.
 
-Copy i is exactly what `experiment.train_run(..., seed_path=prefix +
+Copy i is exactly what `runtime.train_run(..., seed_path=prefix +
 ("branch", i), start_step=k)` would train: the same params, mask, optimizer
 and steps; only the data order and the augmentation draws differ, through the
 seed path. The execution is chosen per backend (train.resolve_execution):
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lmcjax import experiment
 from lmcjax import masks
 from lmcjax import rng
+from lmcjax import runtime
 from lmcjax import train
 from lmcjax import validate
 
@@ -81,14 +81,14 @@ def train_branches(s, spec, params: PyTree, batch_stats: PyTree, mask: Optional[
   """Trains num_copies SGD-noise copies of (params, batch_stats) under `mask`.
 
   Args:
-    s: experiment.Setup (model, data, config.seeds).
+    s: runtime.Setup (model, data, config.seeds).
     spec: train spec (epochs, batch_size, optimizer, ...).
     prefix: seed-path prefix; copy i uses prefix + ('branch', i).
     chunk: copies per vmapped call; fewer than num_copies bounds memory.
     images, labels: training data; default the real training split.
     start_step: (params, batch_stats) are the state at this step of a run of
       `spec` (a rewind point): the copies train the remaining steps with the
-      schedule continued (experiment.train_run).
+      schedule continued (runtime.train_run).
     execution: 'auto' | 'vmapped' | 'sequential' (train.resolve_execution).
   """
   validate.positive("num_branches", num_copies)
@@ -122,7 +122,7 @@ def _sequential(s, spec, params, batch_stats, mask, paths, chunk, images, labels
   states, losses = [], []
   for path in paths:
     last = {}
-    result = experiment.train_run(s, spec, params, batch_stats, mask, seed_path=path,
+    result = runtime.train_run(s, spec, params, batch_stats, mask, seed_path=path,
                                   stage=f"branch {path}", images=images, labels=labels,
                                   start_step=start_step, evaluate_test=False,
                                   on_step=lambda done, state, metrics: last.update(metrics))

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from lmcjax import checkpoints
-from lmcjax import experiment
 from lmcjax import logs
+from lmcjax import runtime
 from lmcjax import train
 from lmcjax import validate
 
@@ -77,7 +77,7 @@ def _like(s) -> Dict[str, PyTree]:
 
 
 def train_dense(s, workdir: str, log=None, save_steps: Iterable[int] = (),
-                stop_step: Optional[int] = None, stage: str = "train") -> experiment.RunResult:
+                stop_step: Optional[int] = None, stage: str = "train") -> runtime.RunResult:
   """Trains the dense run (to stop_step) and saves its state at save_steps."""
   wanted = {int(k) for k in save_steps} - {0}
 
@@ -86,7 +86,7 @@ def train_dense(s, workdir: str, log=None, save_steps: Iterable[int] = (),
     if done in wanted:
       checkpoints.save_tree(snapshot_path(workdir, s.config, done), _variables(state))
 
-  return experiment.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
+  return runtime.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
                               seed_path=SEED_PATH, stage=stage, log=log, stop_step=stop_step,
                               on_step=snapshot, evaluate_test=stop_step is None)
 
@@ -108,7 +108,7 @@ def load(s, workdir: str, step: int, log=None) -> Dict[str, PyTree]:
                                what=f"dense rewind point at step {step}")
 
 
-def final(s, workdir: str, log=None, save_steps: Iterable[int] = ()) -> experiment.RunResult:
+def final(s, workdir: str, log=None, save_steps: Iterable[int] = ()) -> runtime.RunResult:
   """The whole dense run: trained (saving save_steps) unless saved earlier."""
   path = final_path(workdir, s.config)
   n = int(s.x_train.shape[0])
@@ -120,9 +120,9 @@ def final(s, workdir: str, log=None, save_steps: Iterable[int] = ()) -> experime
   steps = num_steps(s.config, n)
   state = train.TrainState(step=jnp.asarray(steps, jnp.int32), params=tree["params"],
                            batch_stats=tree["batch_stats"], opt_state=(), rng=jnp.zeros(2, jnp.uint32))
-  test = experiment.evaluate(s, state.params, state.batch_stats)
+  test = runtime.evaluate(s, state.params, state.batch_stats)
   batch = train.effective_batch(s.config.train, n)
-  return experiment.RunResult(state, test, train.data_cost(steps, batch, n))
+  return runtime.RunResult(state, test, train.data_cost(steps, batch, n))
 
 
 def planned_steps(config, num_train: int) -> List[int]:
@@ -141,25 +141,27 @@ def planned_steps(config, num_train: int) -> List[int]:
 
 
 # ---------------------------------------------------------------- the stage
-# Stage interface (experiment.STAGE_MODULES). The snapshots are keyed by their
-# own inputs (run_dir), so they are never moved aside.
-CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size")
-DEPENDS_ON = ()
-OUTPUT_DIRS = lambda workdir: ()
-
-
 def check_config(config) -> None:
-  del config  # experiment.check_config checks config.train for every run
+  del config  # pipeline.check_config checks config.train for every run
 
 
 def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
   """Trains the dense model on real data with config.train, saving its rewind points."""
   n = int(s.x_train.shape[0])
   result = final(s, workdir, log, planned_steps(s.config, n))
-  train_metrics = experiment.evaluate(s, result.state.params, result.state.batch_stats, "train")
+  train_metrics = runtime.evaluate(s, result.state.params, result.state.batch_stats, "train")
   log.write("train", int(result.state.step), {"test_loss": result.test["loss"],
                                               "test_accuracy": result.test["accuracy"]})
   return {"test_accuracy": result.test["accuracy"], "test_loss": result.test["loss"],
           "train_accuracy": train_metrics["accuracy"], "train_loss": train_metrics["loss"],
           "num_test": int(s.x_test.shape[0]), "steps": int(result.state.step),
           "rewind_steps_saved": planned_steps(s.config, n), **result.cost}
+
+
+# The snapshots are keyed by their own inputs (run_dir), so they are never
+# moved aside. The imp and analysis fields say which rewind points to save.
+STAGE = runtime.Stage(
+    "train", run_stage, check_config,
+    reads=("seeds", "data", "model", "train", "prune", "eval_batch_size", "parallel", "stages",
+           "imp.rewind_step", "imp.rewind_epochs", "analysis.start", "analysis.start_epoch",
+           "analysis.instability.enabled", "analysis.instability.rewind_epochs"))

@@ -32,11 +32,12 @@ import jax.numpy as jnp
 
 from lmcjax import checkpoints
 from lmcjax import dense
-from lmcjax import experiment
 from lmcjax import logs
 from lmcjax import masks
+from lmcjax import pipeline
 from lmcjax import pruning
 from lmcjax import rng
+from lmcjax import runtime
 from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
@@ -48,18 +49,6 @@ SOURCES = ("real", "distilled", "combined", "random")
 RETRAIN_ROUNDS = ("all", "analysed", "none")
 RESULTS_FILE = "imp.jsonl"
 PLOT_FILE = "accuracy_vs_sparsity.png"
-# Stage interface (experiment.run_cached_stage): a change in any of these
-# fields, or in the distill stage's inputs, moves DIR/imp aside and starts over;
-# the checkpoint and log intervals do not change results and are left out.
-CONFIG_FIELDS = ("seeds", "data", "model", "train", "prune", "eval_batch_size", "imp",
-                 "analysis.rounds", "analysis.targets")
-DEPENDS_ON = ("distill",)
-
-
-def OUTPUT_DIRS(workdir: str) -> Tuple[str, ...]:  # pylint: disable=invalid-name
-  return (layout.imp_dir(workdir),)
-
-
 # ---------------------------------------------------------------- config
 
 
@@ -156,17 +145,17 @@ def round_start(rewind: Dict[str, PyTree], trained: Optional[Dict[str, PyTree]],
   return params, jax.tree.map(jnp.array, stats)
 
 
-def _variables_like(s: experiment.Setup) -> Dict[str, PyTree]:
+def _variables_like(s: runtime.Setup) -> Dict[str, PyTree]:
   return {"params": s.init_params, "batch_stats": s.init_batch_stats}
 
 
-def load_rewind(s: experiment.Setup, workdir: str) -> Tuple[PyTree, PyTree]:
+def load_rewind(s: runtime.Setup, workdir: str) -> Tuple[PyTree, PyTree]:
   """The saved rewind point as (params, batch_stats); errors if missing or mismatched."""
   tree = checkpoints.load_tree(layout.rewind_point(workdir), _variables_like(s), what="rewind point")
   return tree["params"], tree["batch_stats"]
 
 
-def load_mask(s: experiment.Setup, workdir: str, source: str, round_index: int) -> PyTree:
+def load_mask(s: runtime.Setup, workdir: str, source: str, round_index: int) -> PyTree:
   """Mask of `source` at round k (sparsity ~1 - 0.8^k); errors if missing or mismatched."""
   validate.choice("mask source", source, SOURCES)
   tree = checkpoints.load_tree(layout.mask(workdir, source, round_index), s.init_params,
@@ -174,7 +163,7 @@ def load_mask(s: experiment.Setup, workdir: str, source: str, round_index: int) 
   return jax.tree.map(jnp.asarray, tree)
 
 
-def _ensure_rewind(s: experiment.Setup, workdir: str, step: int, log) -> Dict[str, PyTree]:
+def _ensure_rewind(s: runtime.Setup, workdir: str, step: int, log) -> Dict[str, PyTree]:
   path = layout.rewind_point(workdir)
   if not checkpoints.exists(path):
     checkpoints.save_tree(path, dense.load(s, workdir, step, log))
@@ -212,7 +201,7 @@ class _SourceRun:
       return masks.ones_like(self.s.init_params)
     return load_mask(self.s, self.workdir, self.source, k)
 
-  def next_mask(self, k: int, trained: Optional[experiment.RunResult], mask: PyTree) -> PyTree:
+  def next_mask(self, k: int, trained: Optional[runtime.RunResult], mask: PyTree) -> PyTree:
     """mask_{k+1} from round k's trained weights (or a random draw)."""
     c, prunable = self.c, self.s.prunable
     if self.source != "random":
@@ -226,18 +215,18 @@ class _SourceRun:
                          c.prune_fraction, c.method)
 
   def train(self, spec, carry, mask, k, kind, images=None, labels=None,
-            start_step: int = 0) -> experiment.RunResult:
+            start_step: int = 0) -> runtime.RunResult:
     """One run of round k from the rewind point; `kind` names its seed path and checkpoints."""
     # A fresh start per run: train_run donates (consumes) the buffers it is given.
     params, stats = round_start(self.rewind, carry, mask, self.s.prunable,
                                 self.c.rewind_non_prunable)
     ckpt = os.path.join(layout.train_checkpoints(self.workdir, self.source, k), kind)
-    return experiment.train_run(self.s, spec, params, stats, mask, seed_path=("imp", kind, k),
+    return runtime.train_run(self.s, spec, params, stats, mask, seed_path=("imp", kind, k),
                                 stage=f"imp/{self.source}/{k}/{kind}", log=self.log,
                                 images=images, labels=labels, checkpoint_dir=ckpt,
                                 start_step=start_step)
 
-  def retrain(self, carry, mask, k) -> Optional[experiment.RunResult]:
+  def retrain(self, carry, mask, k) -> Optional[runtime.RunResult]:
     """Real-data training of round k; round 0 is the dense run, shared by every source."""
     if k == 0:
       return dense.final(self.s, self.workdir, self.log)
@@ -305,7 +294,7 @@ class _SourceRun:
     return markers
 
 
-def _variables(result: experiment.RunResult) -> Dict[str, PyTree]:
+def _variables(result: runtime.RunResult) -> Dict[str, PyTree]:
   return {"params": result.state.params, "batch_stats": result.state.batch_stats}
 
 
@@ -392,7 +381,7 @@ def plot_accuracy_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> None:
 # ---------------------------------------------------------------- the stage
 
 
-def _load_distilled(s: experiment.Setup, workdir: str) -> Dict[str, Any]:
+def _load_distilled(s: runtime.Setup, workdir: str) -> Dict[str, Any]:
   """The distilled set as device arrays, checked against the real dataset."""
   path = s.config.imp.distilled_path or layout.distilled_set(workdir)
   images, labels, meta = synthetic.load(path)
@@ -402,7 +391,7 @@ def _load_distilled(s: experiment.Setup, workdir: str) -> Dict[str, Any]:
   return {"path": path, "images": images, "labels": labels, "num_images": int(images.shape[0])}
 
 
-def run_stage(s: experiment.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
+def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
   """Runs IMP for every configured source; writes DIR/imp/imp.jsonl and the plot."""
   c = s.config.imp
   step = rewind_step(s.config, int(s.x_train.shape[0]))
@@ -427,3 +416,12 @@ def run_stage(s: experiment.Setup, workdir: str, log: logs.MetricsLog) -> Dict[s
       "data_cost": cost_summary(markers_by_source),
       "results": os.path.join(layout.imp_dir(workdir), RESULTS_FILE), "plot": plot_path,
   }
+
+
+# A change in any field read, or in the distill stage's inputs, moves DIR/imp
+# aside and starts over. The analysed rounds decide which rounds are retrained.
+STAGE = runtime.Stage(
+    "imp", run_stage, check_config,
+    reads=("seeds", "data", "model", "train", "prune", "eval_batch_size", "parallel", "stages",
+           "imp", "analysis.rounds", "analysis.targets"),
+    depends_on=("distill",), output_dirs=lambda workdir: (layout.imp_dir(workdir),))

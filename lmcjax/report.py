@@ -7,16 +7,12 @@ import json
 import os
 from typing import Any, Callable, Dict, List, Sequence
 
-from lmcjax import experiment
 from lmcjax import imp
 from lmcjax import logs
+from lmcjax import runtime
 from lmcjax import stats
 from lmcjax import workdir as layout
 
-CONFIG_FIELDS = ()
-DEPENDS_ON = ("train", "distill", "imp", "analysis")
-OUTPUT_DIRS = lambda workdir: ()
-ALWAYS_RUN = True  # cheap, and it reads every other stage's files
 
 
 def check_config(config) -> None:
@@ -283,21 +279,27 @@ def _instability_section(workdir: str, analysis: Dict[str, Any], records) -> Lis
                                                 "instability vs rewind epoch")
 
 
-def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
-  """Writes report.md and results.json from the stage summaries and files."""
+def write(workdir: str, summary: Dict[str, Any]) -> Dict[str, Any]:
+  """Writes report.md and results.json from the stage summaries and files.
+
+  The config shown is DIR/config.json, the one the pipeline ran with.
+  """
+  with open(os.path.join(workdir, "config.json")) as f:
+    config_text = f.read()
+  init_seed = json.loads(config_text).get("seeds", {}).get("init")
   analysis = summary.get("analysis", {})
   results = {"accuracy": accuracy_records(workdir),
              "data_cost": data_cost_records(summary.get("imp", {})),
              **analysis_records(analysis),
              "instability": instability_records(analysis),
-             "versions": experiment.software_versions()}
+             "versions": runtime.software_versions()}
   results["comparisons"] = source_comparisons(results["barriers"])
   # config.model is the network of train/imp/analysis; a distill-only run names its own.
   uses_model = any(stage in summary for stage in ("train", "imp", "analysis"))
   model = f", model {summary.get('model')}" if uses_model else ""
   sections = ["# lmcjax report",
               f"Dataset {summary.get('dataset')} ({summary.get('num_train')} train / "
-              f"{summary.get('num_test')} test images){model}, init seed {config.seeds.init}."]
+              f"{summary.get('num_test')} test images){model}, init seed {init_seed}."]
   eval_path = os.path.join(layout.distill_dir(workdir), "eval.json")
   if isinstance(summary.get("distill"), dict) and os.path.exists(eval_path):
     sections += ["## Distilled set", distill_text(summary["distill"], logs.read_json(eval_path),
@@ -321,7 +323,7 @@ def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
   sections += ["## Stage times", markdown_table(
       ["stage", "seconds"], [[k, v.get("seconds", float("nan"))] for k, v in summary.items()
                              if isinstance(v, dict) and "seconds" in v])]
-  sections += ["## Config", "```json\n" + config.to_json_best_effort(indent=2, sort_keys=True) + "\n```",
+  sections += ["## Config", "```json\n" + config_text.strip() + "\n```",
                "## Software", markdown_table(["package", "version"],
                                              sorted(results["versions"].items()))]
   if logs.is_lead_process():
@@ -332,9 +334,14 @@ def write(workdir: str, summary: Dict[str, Any], config) -> Dict[str, Any]:
   return results
 
 
-def run_stage(s: experiment.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
-  del log
+def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
+  del s, log
   summary = logs.read_json(os.path.join(workdir, "summary.json"))
-  write(workdir, summary, s.config)
+  write(workdir, summary)
   return {"report": os.path.join(workdir, "report.md"),
           "results": os.path.join(workdir, "results.json")}
+
+
+# Reads only the files the other stages wrote; cheap, so it always runs.
+STAGE = runtime.Stage("report", run_stage, check_config, reads=(),
+                      depends_on=("train", "distill", "imp", "analysis"), always_run=True)

@@ -139,10 +139,10 @@ def write_manifest(config, root: str) -> None:
 
 def run_job(config, root: str, index: int) -> Dict[str, Any]:
   """Runs job `index` of the sweep into ROOT/<job name>; returns its summary."""
-  from lmcjax import experiment  # pylint: disable=g-import-not-at-top  # heavy: only to run
+  from lmcjax import pipeline  # pylint: disable=g-import-not-at-top  # heavy: only to run
   job_config, name = config_for_job(config, index)
   workdir = os.path.join(root, name)
   write_manifest(config, root)
   os.makedirs(workdir, exist_ok=True)
   _write_json_unique_tmp(os.path.join(workdir, JOB_FILE), job_record(job(config, index)))
-  return experiment.run(job_config, workdir)
+  return pipeline.run(job_config, workdir)

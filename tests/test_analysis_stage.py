@@ -10,10 +10,11 @@ from configs import default
 from configs.parts import analysis as analysis_part
 from lmcjax import analysis
 from lmcjax import checkpoints
-from lmcjax import experiment
 from lmcjax import logs
 from lmcjax import masks
+from lmcjax import pipeline
 from lmcjax import rng
+from lmcjax import runtime
 from lmcjax import synthetic
 from lmcjax import validate
 from lmcjax import workdir as layout
@@ -40,7 +41,7 @@ def _config():
 
 def _write_imp_outputs(config, wd):
   """What the IMP and distill stages would leave: rewind point, two masks, a distilled set."""
-  dataset_model = experiment.setup(config)
+  dataset_model = runtime.setup(config)
   params, stats = dataset_model.init_params, dataset_model.init_batch_stats
   checkpoints.save_tree(layout.rewind_point(wd), {"params": params, "batch_stats": stats})
   for source, round_index, keep in (("real", 1, 0.8), ("random", 2, 0.64)):
@@ -61,7 +62,7 @@ def test_stage_writes_barriers_landscapes_hessian_and_plots(tmp_path):
   config = _config()
   wd = str(tmp_path)
   s = _write_imp_outputs(config, wd)
-  summary = experiment.run(config, wd)["analysis"]
+  summary = pipeline.run(config, wd)["analysis"]
   assert set(summary["models"]) == {"dense", "real_r01", "random_r02"}
   real = summary["models"]["real_r01"]
   assert abs(real["sparsity"] - 0.2) < 0.05
@@ -97,7 +98,7 @@ def test_a_rerun_is_bit_identical(tmp_path):
   for name in ("a", "b"):
     wd = str(tmp_path / name)
     _write_imp_outputs(config, wd)
-    experiment.run(config, wd)
+    pipeline.run(config, wd)
     runs.append(logs.read_json(os.path.join(layout.analysis_dir(wd), "dense",
                                             "interpolation_test_interpolate.json")))
   assert runs[0] == runs[1]
@@ -138,10 +139,10 @@ def test_bad_config_is_a_clear_error_before_compute(path, value, match):
     if path != "instability.rewind_epochs":  # the defaults reach epoch 4 of this 1-epoch run
       config.analysis.instability.rewind_epochs = (0.0, 0.5)
   if match is None:
-    experiment.check_config(config)
+    pipeline.check_config(config)
     return
   with pytest.raises(validate.InputError, match=match):
-    experiment.check_config(config)
+    pipeline.check_config(config)
 
 
 def test_ggn_as_the_hessian_of_an_instance_norm_net_is_refused_before_compute():
@@ -149,9 +150,9 @@ def test_ggn_as_the_hessian_of_an_instance_norm_net_is_refused_before_compute():
   config.model.update(name="convnet", norm="instance", depth=1, width=4)
   config.analysis.hessian.method = "ggn"
   with pytest.raises(validate.InputError, match="instance norm"):
-    experiment.check_config(config)
+    pipeline.check_config(config)
   config.analysis.hessian.method = "auto"  # GGN plus the residual's estimate: allowed
-  experiment.check_config(config)
+  pipeline.check_config(config)
 
 
 def test_instability_writes_its_curve_plot_and_numbers(tmp_path):
@@ -163,7 +164,7 @@ def test_instability_writes_its_curve_plot_and_numbers(tmp_path):
   a.instability.update(enabled=True, rewind_epochs=(0.0, 1.0), num_alphas=5, num_copies=3)
   wd = str(tmp_path)
   _write_imp_outputs(config, wd)
-  summary = experiment.run(config, wd)["analysis"]
+  summary = pipeline.run(config, wd)["analysis"]
   out = layout.analysis_dir(wd)
   data = logs.read_json(os.path.join(out, "instability.json"))
   assert data["epochs"] == [0.0, 1.0] and data["steps"][0] == 0 and data["steps"][1] > 0
@@ -185,7 +186,7 @@ def test_instability_writes_its_curve_plot_and_numbers(tmp_path):
 def test_missing_distilled_set_and_mask_are_clear_errors(tmp_path):
   # The rewind point needs no IMP stage: it is a state of the dense run.
   config = _config()
-  s = experiment.setup(config)
+  s = runtime.setup(config)
   log = logs.MetricsLog(str(tmp_path))
   with pytest.raises(validate.InputError, match="distilled set not found"):
     analysis.run_stage(s, str(tmp_path), log)

@@ -6,7 +6,7 @@ import pytest
 
 from configs import default
 from lmcjax import branches
-from lmcjax import experiment
+from lmcjax import runtime
 from lmcjax import validate
 
 
@@ -19,7 +19,7 @@ def setup():
   config.train = default.train_spec(epochs=1, batch_size=64, lr=0.05)
   config.train.augment.kind = "crop_flip"  # so the augmentation seed matters too
   config.log_every_steps = 0
-  return experiment.setup(config)
+  return runtime.setup(config)
 
 
 def _mask(s):
@@ -40,7 +40,7 @@ def test_vmapped_branches_equal_sequential_train_runs(setup):
                                 prefix=("test",), num_copies=3, chunk=2)
   for i, path in enumerate(got.seed_paths):
     assert path == ("test", "branch", i)
-    want = experiment.train_run(s, s.config.train, s.init_params, s.init_batch_stats, mask,
+    want = runtime.train_run(s, s.config.train, s.init_params, s.init_batch_stats, mask,
                                 seed_path=path, stage="branch")
     for g, w in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], got.params)),
                     jax.tree.leaves(want.state.params)):

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from conftest import REPO
-from lmcjax import experiment
+from lmcjax import pipeline
+from lmcjax import runtime
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                  if not p.endswith("__init__.py"))
@@ -17,7 +18,7 @@ def test_config_validates_and_documents_its_command(name):
   module = importlib.import_module(f"configs.{name}")
   assert f"configs/{name}.py" in module.__doc__, "the docstring must give the command line"
   config = module.get_config()
-  experiment.check_config(config)  # raises InputError on any bad value
+  pipeline.check_config(config)  # raises InputError on any bad value
   assert config.stages
 
 

@@ -13,14 +13,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=g-import-not-at-top
 from configs.parts import distill as distill_part
 from lmcjax import data as data_lib
-from lmcjax import experiment
-from lmcjax import models
-from lmcjax import synthetic
-from lmcjax import validate
 from lmcjax.distill import core
 from lmcjax.distill import experts
 from lmcjax.distill import methods
 from lmcjax.distill import stage
+from lmcjax import models
+from lmcjax import pipeline
+from lmcjax import runtime
+from lmcjax import synthetic
+from lmcjax import validate
 
 C, PER_CLASS, HW = 3, 12, 8
 
@@ -198,7 +199,7 @@ def test_stage_end_to_end_on_digits(tmp_path):
   c.distill.model.name, c.distill.model.hidden = "mlp", (16,)
   c.distill.eval.num_seeds, c.distill.eval.spec.epochs = 2, 3
   c.distill.eval.initial = True
-  summary = experiment.run(c, str(tmp_path))
+  summary = pipeline.run(c, str(tmp_path))
   out = summary["distill"]
   assert set(out) >= {"distilled", "random_subset", "initial"}
   images, labels, meta = synthetic.load(os.path.join(str(tmp_path), "distill", "synthetic.npz"))

@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO
 from configs import imp_smoke
 from lmcjax import data as data_lib
-from lmcjax import experiment
+from lmcjax import pipeline
+from lmcjax import runtime
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
 import estimate_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -31,7 +32,7 @@ def test_counts_match_the_examples_a_run_records(tmp_path):
   d.method, d.ipc, d.dm.iterations = "dm", 2, 2
   d.model.name, d.model.hidden = "mlp", (16,)
   d.eval.num_seeds, d.eval.spec.epochs, d.eval.initial = 2, 3, True
-  summary = experiment.run(config, str(tmp_path))
+  summary = pipeline.run(config, str(tmp_path))
   n_train, _, _, classes = estimate_cost.DATASETS["digits"]
 
   assert estimate_cost.run_examples(config.train, n_train) == summary["train"]["examples_seen"]
@@ -64,7 +65,7 @@ def test_distill_eval_counts_with_multiformation(tmp_path):
   d.idc.update(dict(iterations=1, inner_steps=1, batch_real=8, batch_inner=8))
   d.model.name, d.model.hidden = "mlp", (16,)
   d.eval.num_seeds, d.eval.spec.epochs, d.eval.initial = 2, 3, True
-  experiment.run(config, str(tmp_path))
+  pipeline.run(config, str(tmp_path))
   n_train, _, _, classes = estimate_cost.DATASETS["digits"]
   counted = estimate_cost.distill_counts(config, n_train, classes)[1]
   assert counted == _recorded_eval_examples(str(tmp_path), d.eval.spec)

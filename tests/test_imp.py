@@ -18,11 +18,12 @@ import pytest
 from configs import imp_smoke
 from lmcjax import checkpoints
 from lmcjax import dense
-from lmcjax import experiment
 from lmcjax import imp
 from lmcjax import logs
 from lmcjax import masks
+from lmcjax import pipeline
 from lmcjax import pruning
+from lmcjax import runtime
 from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
@@ -37,7 +38,7 @@ def config(**imp_overrides):
 
 @pytest.fixture(scope="module")
 def setup():
-  return experiment.setup(config())
+  return runtime.setup(config())
 
 
 def write_distilled(path, s, per_class=10, image_shape=None, classes=None):
@@ -54,7 +55,7 @@ def write_distilled(path, s, per_class=10, image_shape=None, classes=None):
 
 def run(s, c, workdir):
   os.makedirs(workdir, exist_ok=True)
-  return imp.run_stage(experiment.Setup(**{**s.__dict__, "config": c}), str(workdir),
+  return imp.run_stage(runtime.Setup(**{**s.__dict__, "config": c}), str(workdir),
                        logs.MetricsLog(str(workdir)))
 
 
@@ -89,14 +90,14 @@ def test_rewind_point_is_saved_and_is_a_prefix_of_the_dense_run(setup, tmp_path)
   c = config(sources=("random",), rounds=0, rewind_step=7)
   run(s, c, tmp_path)
   params, stats = imp.load_rewind(s, str(tmp_path))
-  sc = experiment.Setup(**{**s.__dict__, "config": c})
+  sc = runtime.Setup(**{**s.__dict__, "config": c})
   prefix = dense.train_dense(sc, str(tmp_path / "other"), stop_step=7)
   assert leaves_equal(params, prefix.state.params)
   assert not leaves_equal(params, s.init_params)
   # Run to the end, the prefix is the 'train' stage's dense run bit for bit.
   n = int(s.x_train.shape[0])
   whole = dense.train_dense(sc, str(tmp_path / "other"), stop_step=train.total_steps(c.train, n))
-  full = experiment.train_run(sc, c.train, jax.tree.map(jnp.array, s.init_params),
+  full = runtime.train_run(sc, c.train, jax.tree.map(jnp.array, s.init_params),
                               s.init_batch_stats, None, seed_path=dense.SEED_PATH, stage="train")
   assert leaves_equal(whole.state.params, full.state.params)
   # rounds=0 trains no round.
@@ -191,7 +192,7 @@ def test_finished_rounds_are_not_recomputed(all_sources, monkeypatch):
   def no_training(*args, **kwargs):
     raise AssertionError("a finished round was trained again")
 
-  monkeypatch.setattr(experiment, "train_run", no_training)
+  monkeypatch.setattr(runtime, "train_run", no_training)
   again = run(s, c, workdir)
   assert again["accuracy"] == summary["accuracy"]
 
@@ -220,7 +221,7 @@ def test_global_random_pruning_without_a_real_source(setup, tmp_path):
 ])
 def test_bad_config_is_one_line_error_before_compute(overrides, message):
   with pytest.raises(validate.InputError, match=message) as e:
-    experiment.check_config(config(**overrides))
+    pipeline.check_config(config(**overrides))
   assert "\n" not in str(e.value)
 
 
@@ -244,7 +245,7 @@ def test_mask_or_rewind_point_of_another_model_is_refused(setup, tmp_path):
   run(setup, config(sources=("real",), rounds=1), tmp_path)
   wide = config()
   wide.model.hidden = (48,)
-  s_wide = experiment.setup(wide)
+  s_wide = runtime.setup(wide)
   with pytest.raises(validate.InputError, match="mask leaf .* has shape"):
     imp.load_mask(s_wide, str(tmp_path), "real", 1)
   with pytest.raises(validate.InputError, match="rewind point .* has shape"):

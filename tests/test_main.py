@@ -67,12 +67,12 @@ def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):
 
 def test_distill_eval_settings_do_not_invalidate_later_stages():
   from configs import default  # pylint: disable=g-import-not-at-top
-  from lmcjax import experiment  # pylint: disable=g-import-not-at-top
+  from lmcjax import runtime  # pylint: disable=g-import-not-at-top
   config = default.get_config()
-  before = {s: experiment.stage_inputs(config, s) for s in ("distill", "imp", "analysis")}
+  before = {s: pipeline.stage_inputs(config, s) for s in ("distill", "imp", "analysis")}
   config.distill.eval.initial = not config.distill.eval.initial  # changes the report only
-  assert experiment.stage_inputs(config, "distill") != before["distill"]
-  assert experiment.stage_inputs(config, "imp") == before["imp"]
-  assert experiment.stage_inputs(config, "analysis") == before["analysis"]
+  assert pipeline.stage_inputs(config, "distill") != before["distill"]
+  assert pipeline.stage_inputs(config, "imp") == before["imp"]
+  assert pipeline.stage_inputs(config, "analysis") == before["analysis"]
   config.distill.dm.iterations += 1  # changes the distilled set itself
-  assert experiment.stage_inputs(config, "imp") != before["imp"]
+  assert pipeline.stage_inputs(config, "imp") != before["imp"]

@@ -9,9 +9,10 @@ from configs import default
 from lmcjax import branches
 from lmcjax import checkpoints
 from lmcjax import dense
-from lmcjax import experiment
 from lmcjax import imp
 from lmcjax import logs
+from lmcjax import pipeline
+from lmcjax import runtime
 from lmcjax import train
 from lmcjax import validate
 
@@ -47,27 +48,27 @@ def test_continuing_the_dense_run_from_step_k_reproduces_it(tmp_path):
   # Plain SGD keeps no optimizer state, so a run resumed at step k of the
   # dense run, with its seed path, must end exactly where the dense run ends:
   # the remaining T - k steps, the schedule at k, the same data and augmentation.
-  s = experiment.setup(_config(momentum=0.0))
+  s = runtime.setup(_config(momentum=0.0))
   n = int(s.x_train.shape[0])
   steps = train.total_steps(s.config.train, n)
   k = 7
   whole = dense.train_dense(s, str(tmp_path), save_steps=[k])
   start = dense.load(s, str(tmp_path), k)
-  resumed = experiment.train_run(s, s.config.train, start["params"], start["batch_stats"], None,
+  resumed = runtime.train_run(s, s.config.train, start["params"], start["batch_stats"], None,
                                  seed_path=dense.SEED_PATH, stage="resumed", start_step=k)
   assert int(resumed.state.step) == steps
   assert resumed.cost["examples_seen"] == (steps - k) * 128
   assert _equal(resumed.state.params, whole.state.params)
   # Restarting the schedule instead (a whole run from theta_k) ends elsewhere.
-  restarted = experiment.train_run(s, s.config.train, start["params"], start["batch_stats"], None,
+  restarted = runtime.train_run(s, s.config.train, start["params"], start["batch_stats"], None,
                                    seed_path=dense.SEED_PATH, stage="restarted")
   assert not _equal(restarted.state.params, whole.state.params)
 
 
 def test_rewind_beyond_training_is_one_line(tmp_path):
-  s = experiment.setup(_config())
+  s = runtime.setup(_config())
   with pytest.raises(validate.InputError, match="beyond the .* steps"):
-    experiment.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
+    runtime.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
                          seed_path=("x",), stage="x", start_step=10_000)
   with pytest.raises(validate.InputError, match="rewind epoch 4 is beyond training"):
     dense.epoch_step(s.config, 1000, 4)
@@ -75,13 +76,13 @@ def test_rewind_beyond_training_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("model", ["mlp", "convnet"])
 def test_sequential_branches_are_train_run_bit_for_bit(model):
-  s = experiment.setup(_config(model))
+  s = runtime.setup(_config(model))
   start = {"params": s.init_params, "batch_stats": s.init_batch_stats}
   got = branches.train_branches(s, s.config.train, start["params"], start["batch_stats"], None,
                                 prefix=("p",), num_copies=2, chunk=2, start_step=3,
                                 execution="sequential")
   for i, path in enumerate(got.seed_paths):
-    want = experiment.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
+    want = runtime.train_run(s, s.config.train, s.init_params, s.init_batch_stats, None,
                                 seed_path=path, stage="want", start_step=3)
     assert _equal(jax.tree.map(lambda a: a[i], got.params), want.state.params)
   n = int(s.x_train.shape[0])
@@ -97,8 +98,8 @@ def test_sequential_branches_are_train_run_bit_for_bit(model):
 
 def test_auto_execution_is_sequential_for_convnets_on_cpu():
   cpu = jax.default_backend() == "cpu"
-  conv = experiment.setup(_config("convnet")).init_params
-  mlp = experiment.setup(_config("mlp")).init_params
+  conv = runtime.setup(_config("convnet")).init_params
+  mlp = runtime.setup(_config("mlp")).init_params
   assert train.resolve_execution("auto", conv) == ("sequential" if cpu else "vmapped")
   assert train.resolve_execution("auto", mlp) == "vmapped"
   assert train.resolve_execution("vmapped", conv) == "vmapped"
@@ -107,7 +108,7 @@ def test_auto_execution_is_sequential_for_convnets_on_cpu():
 
 
 def _imp_rows(c, workdir):
-  s = experiment.setup(c)
+  s = runtime.setup(c)
   imp.run_stage(s, str(workdir), logs.MetricsLog(str(workdir)))
   return logs.read_json(os.path.join(workdir, "imp", "real", "round_02", "result.json"))
 
@@ -125,10 +126,10 @@ def test_imp_round_0_is_the_train_stage_run_and_snapshots_are_shared(tmp_path):
   c = _config()
   c.stages = ("train", "imp")
   c.imp.update(sources=("real", "random"), rounds=1, rewind_epochs=1.0)
-  summary = experiment.run(c, str(tmp_path))
+  summary = pipeline.run(c, str(tmp_path))
   step = summary["imp"]["rewind_step"]
   assert summary["train"]["rewind_steps_saved"] == [step]
-  s = experiment.setup(c)
+  s = runtime.setup(c)
   assert checkpoints.exists(dense.snapshot_path(str(tmp_path), c, step))
   assert _equal(imp.load_rewind(s, str(tmp_path))[0], dense.load(s, str(tmp_path), step)["params"])
   round0 = logs.read_json(os.path.join(tmp_path, "imp", "real", "round_00", "result.json"))

@@ -7,9 +7,9 @@ import optax
 import pytest
 
 from configs import default
-from lmcjax import experiment
 from lmcjax import masks
 from lmcjax import models
+from lmcjax import runtime
 from lmcjax import train
 from lmcjax import validate
 
@@ -145,9 +145,9 @@ def test_nonfinite_loss_names_stage_and_step(smoke_config):
   smoke_config.train.momentum = 0.0
   smoke_config.train.schedule = "constant"
   smoke_config.log_every_steps = 5
-  s = experiment.setup(smoke_config)
+  s = runtime.setup(smoke_config)
   with pytest.raises(train.NonFiniteLossError, match=r"in stage 'boom' at step \d+"):
-    experiment.train_run(s, smoke_config.train, s.init_params, s.init_batch_stats, None,
+    runtime.train_run(s, smoke_config.train, s.init_params, s.init_batch_stats, None,
                          seed_path=("x",), stage="boom")
 
 
@@ -171,8 +171,8 @@ def test_same_config_twice_is_bit_identical(smoke_config):
   runs = []
   for _ in range(2):
     train._compiled_run.cache_clear()  # pylint: disable=protected-access  # a fresh compile must not change the result
-    s = experiment.setup(smoke_config)
-    runs.append(experiment.train_run(s, smoke_config.train, s.init_params, s.init_batch_stats,
+    s = runtime.setup(smoke_config)
+    runs.append(runtime.train_run(s, smoke_config.train, s.init_params, s.init_batch_stats,
                                      None, seed_path=("dense",), stage="train").state.params)
   chex.assert_trees_all_equal(*runs)
 

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmcjax import checkpoints
+from lmcjax.distill import core
 from lmcjax import train
 from lmcjax import validate
-from lmcjax.distill import core
 
 PyTree = Any
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lmcjax import train
 from lmcjax.distill import core
+from lmcjax import train
 
 PyTree = Any
 GM_DISTANCES = ("dc", "mse")

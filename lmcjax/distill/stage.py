@@ -9,29 +9,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmcjax import logs
-from lmcjax import models
-from lmcjax import rng
-from lmcjax import synthetic
-from lmcjax import train
-from lmcjax import validate
-from lmcjax import workdir as workdir_lib
 from lmcjax.distill import core
 from lmcjax.distill import evaluate
 from lmcjax.distill import experts
 from lmcjax.distill import methods
+from lmcjax import logs
+from lmcjax import models
+from lmcjax import rng
+from lmcjax import runtime
+from lmcjax import synthetic
+from lmcjax import train
+from lmcjax import validate
+from lmcjax import workdir as workdir_lib
 
 METHODS = ("dc", "idc", "mtt", "dm")
 BN_MODELS = ("resnet20", "resnet10", "resnet18", "vgg16")
-# Stage contract (experiment.STAGE_MODULES): config sections read ('model'
-# when distill.model.name is ''), upstream stages, and the outputs moved aside
-# when the inputs change (MTT experts included: they depend on the config).
-CONFIG_FIELDS = ("data", "model", "distill")
-DEPENDS_ON = ()
-# How the set is evaluated does not change synthetic.npz, which is all that
-# imp and analysis read: changing it reruns this stage only.
-REPORT_ONLY_FIELDS = ("distill.eval",)
-OUTPUT_DIRS = lambda workdir: (workdir_lib.distill_dir(workdir),)
 
 
 def model_config(config):
@@ -294,3 +286,12 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
   summary.update({"method": meta["method"], "ipc": meta["ipc"], "model": meta.get("model", ""),
                   "path": workdir_lib.distilled_set(workdir)})
   return summary
+
+
+# 'model' is read when distill.model.name is ''. The outputs are moved aside
+# when the inputs change (MTT experts included: they depend on the config).
+# How the set is evaluated does not change synthetic.npz, which is all that
+# imp and analysis read: changing distill.eval reruns this stage only.
+STAGE = runtime.Stage("distill", run_stage, check_config, reads=("data", "model", "distill"),
+                      output_dirs=lambda workdir: (workdir_lib.distill_dir(workdir),),
+                      report_only=("distill.eval",))
