@@ -21,12 +21,12 @@ from absl import flags
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
-import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_analysis  # pylint: disable=g-import-not-at-top,wrong-import-position  # --repeats, best_time
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs.parts import model as model_part  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -103,8 +103,7 @@ def main(argv):
   x, y = s.x_train[:FLAGS.examples], s.y_train[:FLAGS.examples]
   print(f"devices: {jax.devices()}; MNIST-5k, {x.shape[0]} training images", flush=True)
   bench_ggn("LeNet-300-100", s.model, s.init_params, x, y, FLAGS.rows, 64, FLAGS.repeats)
-  conv_cfg = ml_collections.ConfigDict(dict(config.model.to_dict(), name="convnet", depth=3,
-                                            width=32, norm="instance"))
+  conv_cfg = model_part.get("convnet", depth=3, width=32, norm="instance")
   conv = models.create(conv_cfg, s.dataset.num_classes)
   conv_params, _ = train.init_variables(conv, jax.random.PRNGKey(0), s.dataset.image_shape)
   # 1000 images of 28x28x32 activations per HVP: 2 rows per vmapped call, and

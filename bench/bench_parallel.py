@@ -23,16 +23,18 @@ def measure(model_name: str, batch: int, steps: int) -> dict:
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
+  from configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
   from configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
+  from configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
   from lmcjax import models, parallel, train  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
-  config.model.update(MODELS[model_name])
+  config.model = model_part.get(**MODELS[model_name])
   config.parallel = parallel_config.get_section()
   config.parallel.data_parallel = True
   shape = (32, 32, 3) if model_name.startswith("convnet") else (28, 28, 1)
   model = models.create(config.model, 10)
-  spec = default.train_spec(batch_size=batch)
+  spec = train_part.train_spec(batch_size=batch)
   params, stats = train.init_variables(model, jax.random.PRNGKey(0), shape)
   tx = train.make_optimizer(spec, steps)
   state = train.create_state(params, stats, tx, jax.random.PRNGKey(1))

@@ -17,7 +17,8 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
+from configs.parts import model as model_part
+from configs.parts import train as train_part
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import train
@@ -30,10 +31,8 @@ CASES = (
 
 
 def build(model_kw, shape, batch):
-  cfg = default.get_config()
-  cfg.model.update(model_kw)
-  model = models.create(cfg.model, 10)
-  spec = default.train_spec()
+  model = models.create(model_part.get(**model_kw), 10)
+  spec = train_part.train_spec()
   params, stats = train.init_variables(model, jax.random.PRNGKey(0), shape)
   tx = train.make_optimizer(spec, 10_000)
   step = jax.jit(train.make_train_step(model, tx, spec.augment, 10), donate_argnums=0)

@@ -14,13 +14,14 @@ IDC's published sets instead: convert one to lmcjax's npz and pass
 from configs import default
 from configs import distill_idc_cifar10
 from configs.parts import augment as augment_part
+from configs.parts import model as model_part
 
 
 def get_config():
   config = default.get_config()
   config.stages = ("distill", "train", "imp", "analysis", "report")
   config.data.name = "cifar10"
-  config.model.update(name="convnet", depth=3, width=128, norm="instance", pooling="avg")
+  config.model = model_part.get("convnet", depth=3, width=128, norm="instance", pooling="avg")
   # Real-data training as in the paper: SGD lr 0.01, momentum 0.9, weight decay
   # 5e-4, batch 64, x0.2 at 2/3 and 5/6 of training, DSA + CutMix.
   config.train.update(lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64,

@@ -3,9 +3,10 @@
   python launch/main.py --config configs/cifar10_resnet18.py --workdir runs/c10_resnet18
 """
 from configs import cifar10_convnet
+from configs.parts import model as model_part
 
 
 def get_config():
   config = cifar10_convnet.get_config()
-  config.model.name = "resnet18"
+  config.model = model_part.get("resnet18")
   return config

@@ -18,13 +18,14 @@ apart, which LeNet on MNIST (stable at init) cannot.
 """
 from configs import default
 from configs.parts import augment as augment_part
+from configs.parts import model as model_part
 
 
 def get_config():
   config = default.get_config()
   config.data.name = "cifar10"
   config.data.train_subset, config.data.test_subset = 5000, 1000  # tfds only; 0 for npz
-  config.model.update(name="convnet", depth=3, width=32, norm="instance", pooling="avg")
+  config.model = model_part.get("convnet", depth=3, width=32, norm="instance", pooling="avg")
   # 6 epochs of SGD lr 0.05 (10 give 58% on the 5k set): each seed's ~70
   # trainings (IMP, 3 copies x 10 models, the instability curve) then fit
   # well under 45 min on 2 CPU cores, and copies from init are still unstable.
@@ -44,7 +45,7 @@ def _distill(config) -> None:
   CPU second (DC/IDC/MTT cost 6-14x more per iteration on MNIST-5k)."""
   d = config.distill
   d.method, d.ipc = "dm", 10
-  d.model.update(name="convnet", depth=3, width=32, norm="instance", pooling="avg")
+  d.model = model_part.get("convnet", depth=3, width=32, norm="instance", pooling="avg")
   d.dm.iterations = 1000
   d.eval.spec.epochs = 300
 

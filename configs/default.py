@@ -7,6 +7,7 @@ and the Hessian diagonal, and writes report.md. Minutes on 2 CPU cores.
 
   python launch/main.py --config configs/default.py --workdir runs/default
 
+Another network: --config=configs/default.py:convnet (its defaults: configs/parts/model.py).
 Overrides: --config.train.epochs=3 --config.seeds.init=1 --config.stages="('train',)"
 """
 import ml_collections
@@ -17,36 +18,13 @@ from configs.parts import distill as distill_part
 from configs.parts import imp as imp_part
 from configs.parts import parallel as parallel_part
 from configs.parts import sweep as sweep_part
+from configs.parts import train as train_part
+from configs.parts import model as model_part
 
 
-def train_spec(**overrides) -> ml_collections.ConfigDict:
-  """One training run's hyperparameters; IMP, distillation and branches reuse it."""
-  spec = ml_collections.ConfigDict(dict(
-      epochs=15,
-      batch_size=64,
-      optimizer="sgd",
-      lr=0.05,
-      momentum=0.9,
-      nesterov=False,
-      weight_decay=5e-4,
-      schedule="multistep",
-      # Decay at 2/3 and 5/6 of training by 0.2, as in the paper's retraining.
-      milestones=(2 / 3, 5 / 6),
-      gamma=0.2,
-      warmup_epochs=0.0,
-      augment=ml_collections.ConfigDict(dict(
-          kind="none",  # none | crop_flip | dsa
-          dsa_strategy="color_crop_cutout_flip_scale_rotate",
-          dsa_mode="single",  # DSA's default: one op per batch
-          cutmix_prob=0.0,
-          cutmix_beta=1.0,
-      )),
-  ))
-  spec.update(overrides)
-  return spec
-
-
-def get_config() -> ml_collections.ConfigDict:
+def get_config(model: str = "lenet300") -> ml_collections.ConfigDict:
+  """The default experiment; `model` is the config file's argument, e.g.
+  --config=configs/default.py:convnet."""
   config = ml_collections.ConfigDict()
   config.stages = ("distill", "train", "imp", "analysis", "report")
   # Three independent seeds: SGD-noise experiments vary data order and
@@ -63,12 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
       test_subset=0,
       subset_seed=0,  # part of the data's definition, not an SGD-noise seed
   ))
-  config.model = ml_collections.ConfigDict(dict(
-      name="lenet300",  # mlp | lenet300 | convnet | resnet20 | resnet10 | resnet18 | vgg16 | alexnet
-      hidden=(300, 100),  # mlp only
-      depth=3, width=128, norm="instance", pooling="avg",  # convnet only
-  ))
-  config.train = train_spec()
+  # mlp | lenet300 | convnet | resnet20 | resnet10 | resnet18 | vgg16 | alexnet,
+  # with only that model's fields (configs/parts/model.py).
+  config.model = model_part.get(model)
+  config.train = train_part.train_spec()
   config.prune = ml_collections.ConfigDict(dict(
       scope="all_kernels",  # all_kernels (paper, output layer included) | hidden_kernels | conv_kernels
   ))

@@ -19,6 +19,7 @@ distillation at 5 TFLOP/s).
 """
 from configs import default
 from configs.parts import distill as distill_part
+from configs.parts import model as model_part
 
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)  # lmcjax/data.py's normalisation
 
@@ -30,8 +31,8 @@ def get_config():
   config.distill = distill_part.get_section()
   d = config.distill
   d.method, d.ipc = "idc", 10
-  d.model.name, d.model.width, d.model.norm = "convnet", 128, "instance"
-  d.augment.strategy = "color_crop_cutout"  # IDC's aug_type for matching
+  d.model = model_part.get("convnet", width=128, norm="instance")
+  d.augment.dsa_strategy = "color_crop_cutout"  # IDC's aug_type for matching
   d.unroll = False  # accelerator: rolled scans keep compile time flat
   mean_var = sum(s * s for s in CIFAR10_STD) / len(CIFAR10_STD)
   d.idc.update(dict(iterations=200_000, net_reset_every=100, factor=2, distance="mse",

@@ -12,6 +12,7 @@ DIR/summary.json hold the accuracies.
 """
 from configs import default
 from configs.parts import distill as distill_part
+from configs.parts import model as model_part
 
 
 def get_config():
@@ -20,7 +21,7 @@ def get_config():
   config.distill = distill_part.get_section()
   d = config.distill
   d.method, d.ipc = "dm", 10
-  d.model.name, d.model.width = "convnet", 32
+  d.model = model_part.get("convnet", width=32)
   # Iterations sized for a few minutes per method on 2 CPU cores (the papers
   # run 1k-20k on a GPU); measured accuracies are in the README.
   d.dm.iterations = 1000

@@ -14,6 +14,7 @@ evaluated with its learned lr (distill.eval.learned_lr), as MTT does.
 """
 from configs import default
 from configs.parts import distill as distill_part
+from configs.parts import model as model_part
 
 # ipc -> (syn_steps, max_start_epoch, lr_images, batch_syn)
 PUBLISHED = {1: (50, 2, 1000.0, 0), 10: (30, 20, 1000.0, 0), 50: (30, 40, 100.0, 0)}
@@ -28,8 +29,8 @@ def get_config(ipc: str = "10"):
   config.distill = distill_part.get_section()
   d = config.distill
   d.method, d.ipc = "mtt", ipc
-  d.model.name, d.model.width, d.model.norm = "convnet", 128, "instance"
-  d.augment.strategy = "color_crop_cutout_flip_scale_rotate"
+  d.model = model_part.get("convnet", width=128, norm="instance")
+  d.augment.dsa_strategy = "color_crop_cutout_flip_scale_rotate"
   d.unroll = False  # accelerator: rolled scans keep compile time and memory flat
   d.mtt.update(dict(iterations=5000, optimizer="sgd", lr_images=lr_images, momentum=0.5,
                     syn_steps=syn_steps, expert_epochs=2, max_start_epoch=max_start,

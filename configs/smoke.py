@@ -3,12 +3,12 @@
   python launch/main.py --config configs/smoke.py --workdir /tmp/lmcjax_smoke
 """
 from configs import default
+from configs.parts import model as model_part
 
 
 def get_config():
   config = default.get_config()
-  config.model.name = "mlp"
-  config.model.hidden = (32,)
+  config.model = model_part.get("mlp", hidden=(32,))
   config.train.epochs = 2
   config.log_every_steps = 20
   config.stages = ("train",)

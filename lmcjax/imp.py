@@ -34,7 +34,6 @@ from lmcjax import checkpoints
 from lmcjax import dense
 from lmcjax import logs
 from lmcjax import masks
-from lmcjax import pipeline
 from lmcjax import pruning
 from lmcjax import rng
 from lmcjax import runtime

@@ -131,17 +131,46 @@ class AlexNet(nn.Module):
     return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
 
 
-MODELS = ("mlp", "lenet300", "convnet", "resnet20", "resnet10", "resnet18", "vgg16", "alexnet")
+# Each model's config fields beyond `name`. config.model holds exactly these
+# (defaults in configs/parts/model.py), so a field that only another model
+# reads cannot be set by mistake and silently ignored.
+FIELDS = {
+    "mlp": ("hidden",),
+    "lenet300": (),
+    "convnet": ("depth", "width", "norm", "pooling"),
+    "resnet20": (),
+    "resnet10": (),
+    "resnet18": (),
+    "vgg16": (),
+    "alexnet": (),
+}
+MODELS = tuple(FIELDS)
+BATCHNORM_MODELS = ("resnet20", "resnet10", "resnet18", "vgg16")
 
 
-def check_config(cfg) -> None:
-  validate.choice("model.name", cfg.name, MODELS)
-  validate.choice("model.norm", cfg.norm, NORMS)
-  validate.choice("model.pooling", cfg.pooling, POOLS)
-  validate.positive("model.depth", cfg.depth)
-  validate.positive("model.width", cfg.width)
-  for w in cfg.hidden:
-    validate.positive("model.hidden entry", w)
+def uses_batchnorm(cfg) -> bool:
+  """Whether the model keeps running statistics (BatchNorm's batch_stats)."""
+  return cfg.name in BATCHNORM_MODELS or cfg.get("norm") == "batch"
+
+
+def check_config(cfg, section: str = "model") -> None:
+  """One line naming the bad field or value, before any compute."""
+  validate.choice(f"{section}.name", cfg.name, MODELS)
+  expected, given = set(FIELDS[cfg.name]), set(cfg.keys()) - {"name"}
+  if given - expected:
+    raise validate.InputError(f"{section}.{sorted(given - expected)[0]} is not a field of model "
+                              f"{cfg.name!r} (its fields: {', '.join(FIELDS[cfg.name]) or 'none'})")
+  if expected - given:
+    raise validate.InputError(
+        f"{section} for {cfg.name!r} lacks {', '.join(sorted(expected - given))}: build it with "
+        f"configs/parts/model.py get({cfg.name!r}), e.g. --config=configs/default.py:{cfg.name}")
+  if cfg.name == "convnet":
+    validate.choice(f"{section}.norm", cfg.norm, NORMS)
+    validate.choice(f"{section}.pooling", cfg.pooling, POOLS)
+    validate.positive(f"{section}.depth", cfg.depth)
+    validate.positive(f"{section}.width", cfg.width)
+  for w in cfg.get("hidden", ()):
+    validate.positive(f"{section}.hidden entry", w)
 
 
 def create(cfg, num_classes: int) -> nn.Module:

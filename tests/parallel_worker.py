@@ -24,7 +24,9 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
+from configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
 from configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
+from configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
 from lmcjax import masks  # pylint: disable=g-import-not-at-top
 from lmcjax import models  # pylint: disable=g-import-not-at-top
 from lmcjax import parallel  # pylint: disable=g-import-not-at-top
@@ -36,7 +38,7 @@ NUM_EXAMPLES, BATCH, STEPS = 96, 16, 8
 
 def make_config(args, data_parallel: bool) -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.model.name, config.model.hidden = "mlp", (16,)
+  config.model = model_part.get("mlp", hidden=(16,))
   config.parallel = parallel_config.get_section()
   config.parallel.data_parallel = data_parallel
   if args.coordinator:
@@ -66,7 +68,7 @@ def run(config, batch_size: int = BATCH):
   """Trains STEPS steps with momentum and weight decay; returns (state, losses, test)."""
   images, labels = tiny_data()
   model = models.create(config.model, 10)
-  spec = default.train_spec(epochs=1, batch_size=batch_size,  # STEPS steps run, whatever epochs
+  spec = train_part.train_spec(epochs=1, batch_size=batch_size,  # STEPS steps run, whatever epochs
                             lr=0.1, momentum=0.9, weight_decay=5e-3, schedule="constant")
   params, stats = train.init_variables(model, jax.random.PRNGKey(0), images.shape[1:])
   tx = train.make_optimizer(spec, STEPS)

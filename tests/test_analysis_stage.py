@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from configs import default
+from configs.parts import train as train_part
 from configs.parts import analysis as analysis_part
+from configs.parts import model as model_part
 from lmcjax import analysis
 from lmcjax import checkpoints
 from lmcjax import logs
@@ -25,8 +27,8 @@ def _config():
   c = default.get_config()
   c.stages = ("analysis",)
   c.data.name = "digits"
-  c.model.name, c.model.hidden = "mlp", (16,)
-  c.train = default.train_spec(epochs=1)
+  c.model = model_part.get("mlp", hidden=(16,))
+  c.train = train_part.train_spec(epochs=1)
   c.log_every_steps = 0
   c.analysis = analysis_part.get_section()
   a = c.analysis
@@ -147,7 +149,7 @@ def test_bad_config_is_a_clear_error_before_compute(path, value, match):
 
 def test_ggn_as_the_hessian_of_an_instance_norm_net_is_refused_before_compute():
   config = _config()
-  config.model.update(name="convnet", norm="instance", depth=1, width=4)
+  config.model = model_part.get("convnet", norm="instance", depth=1, width=4)
   config.analysis.hessian.method = "ggn"
   with pytest.raises(validate.InputError, match="instance norm"):
     pipeline.check_config(config)
@@ -157,7 +159,7 @@ def test_ggn_as_the_hessian_of_an_instance_norm_net_is_refused_before_compute():
 
 def test_instability_writes_its_curve_plot_and_numbers(tmp_path):
   config = _config()
-  config.train = default.train_spec(epochs=2)
+  config.train = train_part.train_spec(epochs=2)
   a = config.analysis
   a.hessian.enabled, a.landscape.kinds, a.eval_splits = False, (), ("test",)
   a.num_alphas = 5

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from configs import default
+from configs.parts import train as train_part
+from configs.parts import model as model_part
 from lmcjax import branches
 from lmcjax import runtime
 from lmcjax import validate
@@ -15,8 +17,8 @@ def setup():
   """sklearn digits (8x8), a 16-unit MLP, one epoch with crop+flip augmentation."""
   config = default.get_config()
   config.data.name = "digits"
-  config.model.name, config.model.hidden = "mlp", (16,)
-  config.train = default.train_spec(epochs=1, batch_size=64, lr=0.05)
+  config.model = model_part.get("mlp", hidden=(16,))
+  config.train = train_part.train_spec(epochs=1, batch_size=64, lr=0.05)
   config.train.augment.kind = "crop_flip"  # so the augmentation seed matters too
   config.log_every_steps = 0
   return runtime.setup(config)

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top
 from configs.parts import distill as distill_part
+from configs.parts import model as model_part
 from lmcjax import data as data_lib
 from lmcjax.distill import core
 from lmcjax.distill import experts
@@ -41,8 +42,8 @@ def tiny_config(method, **method_overrides):
   c.stages = ("distill",)
   d = c.distill
   d.method, d.ipc = method, 2
-  d.model.name, d.model.hidden = "mlp", (16,)
-  d.augment.dsa = method != "mtt"  # MTT's finite-difference test wants a smooth loss
+  d.model = model_part.get("mlp", hidden=(16,))
+  d.augment.kind = "none" if method == "mtt" else "dsa"  # MTT's finite-difference test wants a smooth loss
   d.dc.update(dict(batch_real=8, inner_steps=2, batch_inner=6, net_reset_every=100, lr_images=0.05))
   d.idc.update(dict(batch_real=8, inner_steps=2, batch_inner=8, net_reset_every=100))
   d.dm.update(dict(batch_real=8, lr_images=0.5))
@@ -196,7 +197,7 @@ def test_stage_end_to_end_on_digits(tmp_path):
   c = tiny_config("dm", iterations=3)
   c.data.name = "digits"
   c.distill.ipc = 2
-  c.distill.model.name, c.distill.model.hidden = "mlp", (16,)
+  c.distill.model = model_part.get("mlp", hidden=(16,))
   c.distill.eval.num_seeds, c.distill.eval.spec.epochs = 2, 3
   c.distill.eval.initial = True
   summary = pipeline.run(c, str(tmp_path))

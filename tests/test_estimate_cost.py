@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO
 from configs import imp_smoke
+from configs.parts import model as model_part
 from lmcjax import data as data_lib
 from lmcjax import pipeline
 from lmcjax import runtime
@@ -30,7 +31,7 @@ def test_counts_match_the_examples_a_run_records(tmp_path):
   config.imp.sources = ("real", "random", "distilled")
   d = config.distill
   d.method, d.ipc, d.dm.iterations = "dm", 2, 2
-  d.model.name, d.model.hidden = "mlp", (16,)
+  d.model = model_part.get("mlp", hidden=(16,))
   d.eval.num_seeds, d.eval.spec.epochs, d.eval.initial = 2, 3, True
   summary = pipeline.run(config, str(tmp_path))
   n_train, _, _, classes = estimate_cost.DATASETS["digits"]
@@ -63,7 +64,7 @@ def test_distill_eval_counts_with_multiformation(tmp_path):
   d = config.distill
   d.method, d.ipc = "idc", 2  # factor 2: 8 decoded images per class, baseline 2 per class
   d.idc.update(dict(iterations=1, inner_steps=1, batch_real=8, batch_inner=8))
-  d.model.name, d.model.hidden = "mlp", (16,)
+  d.model = model_part.get("mlp", hidden=(16,))
   d.eval.num_seeds, d.eval.spec.epochs, d.eval.initial = 2, 3, True
   pipeline.run(config, str(tmp_path))
   n_train, _, _, classes = estimate_cost.DATASETS["digits"]

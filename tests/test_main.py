@@ -67,7 +67,7 @@ def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):
 
 def test_distill_eval_settings_do_not_invalidate_later_stages():
   from configs import default  # pylint: disable=g-import-not-at-top
-  from lmcjax import runtime  # pylint: disable=g-import-not-at-top
+  from lmcjax import pipeline  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   before = {s: pipeline.stage_inputs(config, s) for s in ("distill", "imp", "analysis")}
   config.distill.eval.initial = not config.distill.eval.initial  # changes the report only

@@ -5,16 +5,14 @@ import numpy as np
 import pytest
 
 from configs import default
+from configs.parts import model as model_part
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import validate
 
 
 def _model(name, **kw):
-  cfg = default.get_config().model
-  cfg.name = name
-  cfg.update(kw)
-  return models.create(cfg, 10)
+  return models.create(model_part.get(name, **kw), 10)
 
 
 def _abstract_params(model, shape):
@@ -78,9 +76,34 @@ def test_small_models_run_and_batchnorm_collects_statistics():
     ("name", "resnet1000", "model.name='resnet1000'"),
     ("norm", "group", "model.norm='group'"),
     ("width", 0, "model.width must be > 0"),
+    ("hidden", (8,), "model.hidden is not a field of model 'convnet'"),
+    ("name", "mlp", "model.depth is not a field of model 'mlp'"),
 ])
 def test_bad_model_config(field, value, match):
-  cfg = default.get_config().model
+  cfg = model_part.get("convnet")
   cfg[field] = value
   with pytest.raises(validate.InputError, match=match):
     models.create(cfg, 10)
+
+
+def test_switching_model_by_name_alone_is_refused_with_the_way_to_do_it():
+  cfg = default.get_config().model  # lenet300: no fields of its own
+  cfg.name = "convnet"
+  with pytest.raises(validate.InputError, match=r"lacks depth, norm, pooling, width.*default.py:convnet"):
+    models.check_config(cfg)
+  assert default.get_config("convnet").model == model_part.get("convnet")
+
+
+def test_every_model_has_config_defaults_for_exactly_its_fields():
+  for name, fields in models.FIELDS.items():
+    cfg = model_part.get(name)
+    assert set(cfg.keys()) - {"name"} == set(fields), name
+    models.check_config(cfg)
+
+
+@pytest.mark.parametrize("cfg,expected", [
+    (dict(name="resnet20"), True), (dict(name="vgg16"), True), (dict(name="mlp", hidden=(4,)), False),
+    (dict(name="convnet", norm="batch"), True), (dict(name="convnet", norm="instance"), False)])
+def test_uses_batchnorm(cfg, expected):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  assert models.uses_batchnorm(ml_collections.ConfigDict(cfg)) == expected

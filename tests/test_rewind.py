@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from configs import default
+from configs.parts import train as train_part
+from configs.parts import model as model_part
 from lmcjax import branches
 from lmcjax import checkpoints
 from lmcjax import dense
@@ -21,9 +23,9 @@ def _config(model="mlp", momentum=0.9):
   """sklearn digits, 3 epochs with a milestone after epoch 1, crop+flip."""
   c = default.get_config()
   c.data.name = "digits"
-  c.model.name, c.model.hidden = model, (16,)
-  c.model.update(depth=1, width=4, norm="instance")
-  c.train = default.train_spec(epochs=3, batch_size=128, lr=0.05, momentum=momentum,
+  c.model = model_part.get(model, **(dict(hidden=(16,)) if model == "mlp" else
+                                       dict(depth=1, width=4, norm="instance")))
+  c.train = train_part.train_spec(epochs=3, batch_size=128, lr=0.05, momentum=momentum,
                                milestones=(0.4,), gamma=0.1)
   c.train.augment.kind = "crop_flip"
   c.log_every_steps = 0

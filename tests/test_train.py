@@ -7,6 +7,8 @@ import optax
 import pytest
 
 from configs import default
+from configs.parts import train as train_part
+from configs.parts import model as model_part
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import runtime
@@ -16,8 +18,9 @@ from lmcjax import validate
 
 def _setup(name="mlp", optimizer="sgd", norm="instance", **spec_kw):
   cfg = default.get_config()
-  cfg.model.name, cfg.model.hidden, cfg.model.width, cfg.model.norm = name, (32,), 8, norm
-  spec = default.train_spec(optimizer=optimizer, lr=0.05, weight_decay=5e-3, **spec_kw)
+  fields = dict(hidden=(32,)) if name == "mlp" else dict(width=8, norm=norm)
+  cfg.model = model_part.get(name, **fields)
+  spec = train_part.train_spec(optimizer=optimizer, lr=0.05, weight_decay=5e-3, **spec_kw)
   model = models.create(cfg.model, 10)
   params, stats = train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
   tx = train.make_optimizer(spec, 100)
@@ -84,14 +87,14 @@ def test_batchnorm_statistics_are_carried_in_the_state():
 
 
 def test_multistep_schedule_decays_at_two_thirds_and_five_sixths():
-  spec = default.train_spec(lr=0.1, schedule="multistep")
+  spec = train_part.train_spec(lr=0.1, schedule="multistep")
   sched = train.make_schedule(spec, 600)
   np.testing.assert_allclose([sched(0), sched(399), sched(400), sched(499), sched(500)],
                              [0.1, 0.1, 0.02, 0.02, 0.004], rtol=1e-6)
 
 
 def test_warmup_then_cosine():
-  spec = default.train_spec(lr=1.0, schedule="cosine", warmup_epochs=1.0, epochs=10)
+  spec = train_part.train_spec(lr=1.0, schedule="cosine", warmup_epochs=1.0, epochs=10)
   sched = train.make_schedule(spec, 100)
   np.testing.assert_allclose([sched(0), sched(5), sched(10)], [0.0, 0.5, 1.0], atol=1e-6)
   assert float(sched(99)) < 0.01
@@ -160,7 +163,7 @@ def test_nonfinite_loss_names_stage_and_step(smoke_config):
     ("milestones", (0.5, 1.5), "milestones"),
 ])
 def test_bad_train_spec(field, value, match):
-  spec = default.train_spec()
+  spec = train_part.train_spec()
   spec[field] = value
   with pytest.raises(validate.InputError, match=match):
     train.check_spec(spec)
@@ -181,7 +184,7 @@ def test_augmented_step_with_dsa_and_cutmix_runs():
   cfg = default.get_config().model
   cfg.name, cfg.width = "convnet", 4
   model = models.create(cfg, 10)
-  spec = default.train_spec()
+  spec = train_part.train_spec()
   spec.augment.kind, spec.augment.cutmix_prob = "dsa", 1.0
   params, stats = train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 3))
   tx = train.make_optimizer(spec, 10)

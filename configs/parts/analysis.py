@@ -8,9 +8,10 @@ cores: about a minute per analysed model.
 """
 import ml_collections
 
+from configs.parts import train as train_part
+
 
 def get_section() -> ml_collections.ConfigDict:
-  from configs import default  # pylint: disable=g-import-not-at-top  # default imports this module
   return ml_collections.ConfigDict(dict(
       # Where the copies start: IMP's rewind point ('rewind', the paper),
       # the config's init ('init'), or step start_epoch of the dense run
@@ -38,7 +39,7 @@ def get_section() -> ml_collections.ConfigDict:
       # True: copies train exactly like IMP's rounds (config.train); False:
       # with branch_train (then only from init or with a 'restart' schedule).
       reuse_config_train=True,
-      branch_train=default.train_spec(),
+      branch_train=train_part.train_spec(),
       # Interpolation: 31 alphas from 0 to 1 as in the seed paper's plots.
       # alpha_min < 0 or alpha_max > 1 extrapolates (logged); barriers use [0, 1].
       num_alphas=31,

@@ -25,7 +25,7 @@ def apply(config, dataset: str) -> None:
   real_kind, strategy = DEFAULTS[dataset]
   for real_spec in (config.train, config.analysis.branch_train):
     real_spec.augment.kind = real_kind
-  config.distill.augment.strategy = strategy
+  config.distill.augment.dsa_strategy = strategy
   for distilled_spec in (config.distill.eval.spec, config.imp.distilled_train):
     distilled_spec.augment.kind = "dsa"
     distilled_spec.augment.dsa_strategy = strategy

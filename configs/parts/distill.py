@@ -8,13 +8,15 @@ without retuning. Presets: configs/distill_*.py.
 """
 import ml_collections
 
+from configs.parts import train as train_part
+from configs.parts import model as model_part
+
 
 def eval_spec():
   """Training K fresh nets on the distilled set: the DC/DM evaluation protocol
   (SGD lr 0.01, momentum 0.9, weight decay 5e-4, DSA, lr x0.1 at half) with 300
   instead of 1000 epochs so CPU evaluation takes seconds."""
-  from configs import default  # pylint: disable=g-import-not-at-top  # default imports this module
-  spec = default.train_spec(epochs=300, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.9,
+  spec = train_part.train_spec(epochs=300, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.9,
                             weight_decay=5e-4, schedule="multistep", milestones=(0.5,), gamma=0.1)
   spec.augment.kind = "dsa"  # the strategy is per dataset: configs/parts/augment.py
   return spec
@@ -45,13 +47,11 @@ def get_section() -> ml_collections.ConfigDict:
       seed=0,  # every draw of the stage: init, batches, nets, experts, evaluation
       # The network distilled with; name '' means config.model. A norm with
       # running statistics (BatchNorm) is refused: inner loops are pure SGD.
-      model=ml_collections.ConfigDict(dict(
-          name="convnet", hidden=(300, 100), depth=3,
-          width=32,  # ConvNet-3 of the papers has 128; 32 keeps CPU runs fast
-          norm="instance", pooling="avg")),
-      augment=ml_collections.ConfigDict(dict(
-          # strategy: per dataset, set by configs/parts/augment.py
-          dsa=True, strategy="color_crop_cutout_flip_scale_rotate", mode="single")),
+      # ConvNet-3 of the papers has width 128; 32 keeps CPU runs fast.
+      model=model_part.get("convnet", width=32),
+      # Siamese DSA on real and synthetic batches; dsa_strategy is per
+      # dataset (configs/parts/augment.py).
+      augment=train_part.augment_spec("dsa"),
       # Unroll the per-class loop and inner SGD scans: XLA:CPU runs convs in a
       # while loop ~15x slower (measured); accelerator presets set False.
       unroll=True,

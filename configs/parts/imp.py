@@ -6,14 +6,15 @@ config.train, so the IMP stage costs about (sources x 5) short trainings.
 """
 import ml_collections
 
+from configs.parts import train as train_part
+
 
 def distilled_train_spec() -> ml_collections.ConfigDict:
   """Training on the distilled set, as in the paper (SGD lr 0.01, momentum 0.9,
   weight decay 5e-4, batch 64, DSA + CutMix) but 300 epochs instead of 1000:
   on a 10-image-per-class MNIST set that is ~470 steps, enough to fit it, and
   keeps the default IMP stage within minutes on CPU."""
-  from configs import default  # pylint: disable=g-import-not-at-top  # default imports this module
-  spec = default.train_spec(epochs=300, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9,
+  spec = train_part.train_spec(epochs=300, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9,
                             weight_decay=5e-4, schedule="constant")
   spec.augment.kind = "dsa"  # the strategy is per dataset: configs/parts/augment.py
   spec.augment.cutmix_prob = 0.5

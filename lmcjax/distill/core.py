@@ -128,10 +128,9 @@ def make_outer_optimizer(optimizer: str, lr_images: float, momentum: float,
 def make_augment(cfg) -> Optional[Callable]:
   """Siamese DSA as `aug(key, x)`, or None: the same key gives the same transform
   on a real and a synthetic batch, so matching compares like with like."""
-  if not cfg.dsa:
+  if cfg.kind == "none":
     return None
-  augment.parse_strategy(cfg.strategy)
-  return lambda key, x: augment.dsa(key, x, cfg.strategy, siamese=True, mode=cfg.mode)
+  return lambda key, x: augment.augment_images(key, x, cfg, siamese=True)
 
 
 def logits_loss(model, params, images, labels, num_classes: int):

@@ -13,6 +13,7 @@ from lmcjax.distill import core
 from lmcjax.distill import evaluate
 from lmcjax.distill import experts
 from lmcjax.distill import methods
+from lmcjax import augment
 from lmcjax import logs
 from lmcjax import models
 from lmcjax import rng
@@ -23,7 +24,6 @@ from lmcjax import validate
 from lmcjax import workdir as workdir_lib
 
 METHODS = ("dc", "idc", "mtt", "dm")
-BN_MODELS = ("resnet20", "resnet10", "resnet18", "vgg16")
 
 
 def model_config(config):
@@ -42,12 +42,13 @@ def check_config(config) -> None:
   validate.require(isinstance(d.ipc, int) and d.ipc >= 1, f"distill.ipc must be an integer >= 1, got {d.ipc!r}")
   validate.choice("distill.init", d.init, ("real", "noise"))
   mcfg = model_config(config)
-  models.check_config(mcfg)
-  uses_bn = mcfg.name in BN_MODELS or (mcfg.name == "convnet" and mcfg.norm == "batch")
-  validate.require(not uses_bn, f"distill.model {mcfg.name!r} (norm {mcfg.norm!r}) uses BatchNorm; distillation "
+  models.check_config(mcfg, "distill.model" if d.model.name else "model")
+  validate.require(not models.uses_batchnorm(mcfg), f"distill.model {mcfg.name!r} uses BatchNorm; distillation "
                    "needs instance/layer/no norm (e.g. convnet with norm=instance)")
-  if d.augment.dsa:
-    core.make_augment(d.augment)
+  validate.choice("distill.augment.kind", d.augment.kind, ("none", "dsa"))
+  augment.check_config(d.augment)
+  validate.require(d.augment.cutmix_prob == 0, "distill.augment.cutmix_prob must be 0: "
+                   f"CutMix mixes labels, which matching cannot, got {d.augment.cutmix_prob!r}")
   validate.non_negative("distill.log_every", d.log_every)
   m = d[d.method]
   validate.positive(f"distill.{d.method}.iterations", m.iterations)
