@@ -14,7 +14,6 @@ Times exclude compilation (every program runs once untimed first).
 """
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags

@@ -220,11 +220,7 @@ def _splits(s, a, wd: str) -> Dict[str, Tuple[Any, Any]]:
   wanted = set(a.eval_splits) | {a.landscape.split, a.hessian.split}
   out = {"train": (s.x_train, s.y_train), "test": (s.x_test, s.y_test)}
   if "distilled" in wanted:
-    path = a.distilled_path or layout.distilled_set(wd)
-    images, labels, meta = synthetic.load(path)
-    synthetic.check_compatible(path, images, labels, meta, s.dataset)
-    images, labels = synthetic.decode_multiformation(images, labels, int(meta.get("factor", 1)))
-    out["distilled"] = (jax.numpy.asarray(images), jax.numpy.asarray(labels))
+    out["distilled"] = synthetic.load_decoded(synthetic.stage_path(wd, a.distilled_path), s.dataset)
   for name in wanted:
     validate.require(out[name][0].shape[0] > 0, f"analysis split {name!r} is empty")
   return out

@@ -382,11 +382,8 @@ def plot_accuracy_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> None:
 
 def _load_distilled(s: runtime.Setup, workdir: str) -> Dict[str, Any]:
   """The distilled set as device arrays, checked against the real dataset."""
-  path = s.config.imp.distilled_path or layout.distilled_set(workdir)
-  images, labels, meta = synthetic.load(path)
-  synthetic.check_compatible(path, images, labels, meta, s.dataset)
-  images, labels = synthetic.decode_multiformation(jnp.asarray(images), jnp.asarray(labels),
-                                                   int(meta.get("factor", 1)))
+  path = synthetic.stage_path(workdir, s.config.imp.distilled_path)
+  images, labels = synthetic.load_decoded(path, s.dataset)
   return {"path": path, "images": images, "labels": labels, "num_images": int(images.shape[0])}
 
 

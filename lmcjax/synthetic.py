@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmcjax import validate
+from lmcjax import workdir as workdir_lib
 
 REQUIRED_META = ("method", "ipc", "dataset", "mean", "std", "factor")
 
@@ -78,3 +79,23 @@ def decode_multiformation(images: jnp.ndarray, labels: jnp.ndarray,
   crops = crops.transpose(0, 1, 3, 2, 4, 5).reshape(n * factor * factor, ch, cw, c)
   full = jax.image.resize(crops, (crops.shape[0], h, w, c), method="bilinear")
   return full, jnp.repeat(labels, factor * factor)
+
+
+def stage_path(workdir: str, override: str = "") -> str:
+  """The set the imp and analysis stages read: `override` (their distilled_path
+  option) or the one the distill stage wrote."""
+  return override or workdir_lib.distilled_set(workdir)
+
+
+def load_checked(path: str, dataset) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+  """The stored set, without pickles, checked against the real dataset."""
+  images, labels, meta = load(path)
+  check_compatible(path, images, labels, meta, dataset)
+  return images, labels, meta
+
+
+def load_decoded(path: str, dataset) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """The set as trained on: checked, IDC-decoded device arrays."""
+  images, labels, meta = load_checked(path, dataset)
+  return decode_multiformation(jnp.asarray(images), jnp.asarray(labels),
+                               int(meta.get("factor", 1)))

@@ -1,8 +1,6 @@
 """Orbax round trips: exact values, tree checks, resumable train state."""
 import chex
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from lmcjax import checkpoints

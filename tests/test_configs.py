@@ -7,7 +7,6 @@ import pytest
 
 from conftest import REPO
 from lmcjax import pipeline
-from lmcjax import runtime
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                  if not p.endswith("__init__.py"))

@@ -20,7 +20,6 @@ from lmcjax.distill import methods
 from lmcjax.distill import stage
 from lmcjax import models
 from lmcjax import pipeline
-from lmcjax import runtime
 from lmcjax import synthetic
 from lmcjax import validate
 
@@ -142,7 +141,7 @@ def test_save_load_round_trips_exactly(tmp_path):
           "model": "mlp", "iterations": 3}
   path = str(tmp_path / "synthetic.npz")
   synthetic.save(path, images, labels, meta)
-  got_images, got_labels, got_meta = stage.load_external(path, tiny_dataset())
+  got_images, got_labels, got_meta = synthetic.load_checked(path, tiny_dataset())
   np.testing.assert_array_equal(got_images, images)
   np.testing.assert_array_equal(got_labels, labels)
   assert got_meta == meta
@@ -160,7 +159,7 @@ def test_bad_distilled_file_is_rejected(tmp_path, change, message):
   path = str(tmp_path / "bad.npz")
   synthetic.save(path, *change(images, labels, meta))
   with pytest.raises(validate.InputError, match=message):
-    stage.load_external(path, tiny_dataset())
+    synthetic.load_checked(path, tiny_dataset())
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -11,7 +11,6 @@ from configs import imp_smoke
 from configs.parts import model as model_part
 from lmcjax import data as data_lib
 from lmcjax import pipeline
-from lmcjax import runtime
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
 import estimate_cost  # pylint: disable=g-import-not-at-top,wrong-import-position

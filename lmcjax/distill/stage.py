@@ -179,13 +179,6 @@ def run_outer(method: methods.Method, tx, learn, iterations: int, key, *,
   return learn, {"first_loss": first, "last_loss": float(losses[-1]), "seconds_per_iteration": per_iter}
 
 
-def load_external(path: str, dataset) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-  """A published/external set: read without pickles and checked against the dataset."""
-  images, labels, meta = synthetic.load(path)
-  synthetic.check_compatible(path, images, labels, meta, dataset)
-  return images, labels, meta
-
-
 def save_grid(path: str, images, labels, mean, std, max_per_class: int = 10) -> None:
   """PNG grid: one row per class, up to max_per_class stored images, de-normalised."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -258,7 +251,7 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
   summary: Dict[str, Any] = {}
   initial_images = None
   if d.load_path:
-    images, labels, meta = load_external(d.load_path, s.dataset)
+    images, labels, meta = synthetic.load_checked(d.load_path, s.dataset)
   else:
     check_data(d, s.y_train, s.dataset.num_classes)
     directory = expert_dir(d, workdir)
