@@ -37,7 +37,11 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["lmcjax", "lmcjax.*"]),
+    # configs/ ships as lmcjax.configs, so scripts and notebooks can
+    # `from lmcjax.configs import cifar10_small` with no sys.path edits.
+    packages=setuptools.find_packages(include=["lmcjax", "lmcjax.*"]) + [
+        "lmcjax.configs", "lmcjax.configs.parts"],
+    package_dir={"lmcjax.configs": "configs"},
     install_requires=CORE,
     extras_require=EXTRAS,
 )

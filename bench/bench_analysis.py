@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -108,7 +108,7 @@ def bench_branches(s, start, num, repeats):
 
 def conv_setup(epochs: int, workdir: str):
   """ConvNet-3 w32 on 5,000 + 1,000 random 32x32x3 images, the study's train spec."""
-  from configs import cifar10_small  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs import cifar10_small  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   path = os.path.join(workdir, "cifar_shaped.npz")
   np.savez(path, x_train=rng.integers(0, 256, (5000, 32, 32, 3), dtype=np.uint8),

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from configs import distill_mnist5k  # pylint: disable=g-import-not-at-top
+from lmcjax.configs import distill_mnist5k  # pylint: disable=g-import-not-at-top
 from lmcjax.distill import experts
 from lmcjax.distill import stage
 from lmcjax import models

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_analysis  # pylint: disable=g-import-not-at-top,wrong-import-position  # --repeats, best_time
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs.parts import model as model_part  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position

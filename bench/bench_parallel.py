@@ -22,10 +22,10 @@ def measure(model_name: str, batch: int, steps: int) -> dict:
   """Examples/s of the jitted dense step, placed by lmcjax.parallel when >1 device."""
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
-  from configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
-  from configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
   from lmcjax import models, parallel, train  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()

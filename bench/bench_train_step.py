@@ -17,8 +17,8 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from configs.parts import model as model_part
-from configs.parts import train as train_part
+from lmcjax.configs.parts import model as model_part
+from lmcjax.configs.parts import train as train_part
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import train

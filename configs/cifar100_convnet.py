@@ -3,7 +3,7 @@
   python launch/prepare_data.py --dataset=cifar100
   python launch/main.py --config configs/cifar100_convnet.py --workdir runs/c100_convnet
 """
-from configs import cifar10_convnet
+from lmcjax.configs import cifar10_convnet
 
 
 def get_config():

@@ -11,10 +11,10 @@ bench/estimate_cost.py --config configs/cifar10_convnet.py); the seed paper used
 IDC's published sets instead: convert one to lmcjax's npz and pass
 --config.distill.load_path=PATH to evaluate and use it without distilling.
 """
-from configs import default
-from configs import distill_idc_cifar10
-from configs.parts import augment as augment_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs import distill_idc_cifar10
+from lmcjax.configs.parts import augment as augment_part
+from lmcjax.configs.parts import model as model_part
 
 
 def get_config():

@@ -2,8 +2,8 @@
 
   python launch/main.py --config configs/cifar10_resnet18.py --workdir runs/c10_resnet18
 """
-from configs import cifar10_convnet
-from configs.parts import model as model_part
+from lmcjax.configs import cifar10_convnet
+from lmcjax.configs.parts import model as model_part
 
 
 def get_config():

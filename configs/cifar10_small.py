@@ -16,9 +16,9 @@ Why this regime: CIFAR-10 ConvNets trained from init are unstable to SGD
 noise (Frankle et al. 2020), so the barriers can tell the mask sources
 apart, which LeNet on MNIST (stable at init) cannot.
 """
-from configs import default
-from configs.parts import augment as augment_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import augment as augment_part
+from lmcjax.configs.parts import model as model_part
 
 
 def get_config():

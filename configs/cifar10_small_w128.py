@@ -7,7 +7,7 @@ The same study with the paper's network, on the whole tfds CIFAR-10 (no
 subsets), copies trained as one vmapped program and the full instability
 curve. Branch execution 'auto' picks the vmapped scan on GPU/TPU.
 """
-from configs import cifar10_small
+from lmcjax.configs import cifar10_small
 
 
 def get_config():

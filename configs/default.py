@@ -12,14 +12,14 @@ Overrides: --config.train.epochs=3 --config.seeds.init=1 --config.stages="('trai
 """
 import ml_collections
 
-from configs.parts import analysis as analysis_part
-from configs.parts import augment as augment_part
-from configs.parts import distill as distill_part
-from configs.parts import imp as imp_part
-from configs.parts import parallel as parallel_part
-from configs.parts import sweep as sweep_part
-from configs.parts import train as train_part
-from configs.parts import model as model_part
+from lmcjax.configs.parts import analysis as analysis_part
+from lmcjax.configs.parts import augment as augment_part
+from lmcjax.configs.parts import distill as distill_part
+from lmcjax.configs.parts import imp as imp_part
+from lmcjax.configs.parts import parallel as parallel_part
+from lmcjax.configs.parts import sweep as sweep_part
+from lmcjax.configs.parts import train as train_part
+from lmcjax.configs.parts import model as model_part
 
 
 def get_config(model: str = "lenet300") -> ml_collections.ConfigDict:

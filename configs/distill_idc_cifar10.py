@@ -17,9 +17,9 @@ primitive), not IDC's momentum 0.9, weight decay and CutMix. Needs CIFAR-10
 prepared for tfds and an accelerator (bench/estimate_cost.py: ~11 h of
 distillation at 5 TFLOP/s).
 """
-from configs import default
-from configs.parts import distill as distill_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import distill as distill_part
+from lmcjax.configs.parts import model as model_part
 
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)  # lmcjax/data.py's normalisation
 

@@ -10,9 +10,9 @@ nets on the distilled set, 3 on its initialisation and 3 on random real
 subsets of the same size (a new subset per net); DIR/distill/eval.json and
 DIR/summary.json hold the accuracies.
 """
-from configs import default
-from configs.parts import distill as distill_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import distill as distill_part
+from lmcjax.configs.parts import model as model_part
 
 
 def get_config():

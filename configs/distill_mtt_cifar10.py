@@ -12,9 +12,9 @@ MTT's SGD on the raw lr needs a per-ipc lr_lr of 1e-7/1e-5/1e-5), and there is
 no ZCA whitening (images are channel-standardised). The distilled set is
 evaluated with its learned lr (distill.eval.learned_lr), as MTT does.
 """
-from configs import default
-from configs.parts import distill as distill_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import distill as distill_part
+from lmcjax.configs.parts import model as model_part
 
 # ipc -> (syn_steps, max_start_epoch, lr_images, batch_syn)
 PUBLISHED = {1: (50, 2, 1000.0, 0), 10: (30, 20, 1000.0, 0), 50: (30, 40, 100.0, 0)}

@@ -5,7 +5,7 @@
 Only real and random sources: 'distilled' needs a distilled set, e.g.
 --config.imp.distilled_path=/path/synthetic.npz --config.imp.sources="('real','distilled')".
 """
-from configs import smoke
+from lmcjax.configs import smoke
 
 
 def get_config():

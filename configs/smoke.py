@@ -2,8 +2,8 @@
 
   python launch/main.py --config configs/smoke.py --workdir /tmp/lmcjax_smoke
 """
-from configs import default
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import model as model_part
 
 
 def get_config():

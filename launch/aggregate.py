@@ -11,10 +11,8 @@ import sys
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lmcjax import aggregate  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import validate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import aggregate
+from lmcjax import validate
 
 flags.DEFINE_string("workdir", None, "Sweep root: the directory holding the job workdirs.")
 flags.DEFINE_list("columns", [], "Show only metric columns containing one of these substrings "

@@ -2,21 +2,17 @@
 
   python launch/main.py --config configs/default.py --workdir runs/default [--config.train.epochs=3]
 """
-import os
 import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-# Configs import each other as `configs.X`; they live beside launch/.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lmcjax import logs  # pylint: disable=g-import-not-at-top
-from lmcjax import parallel  # pylint: disable=g-import-not-at-top
-from lmcjax import pipeline  # pylint: disable=g-import-not-at-top
-from lmcjax import train  # pylint: disable=g-import-not-at-top
-from lmcjax import validate  # pylint: disable=g-import-not-at-top
+from lmcjax import logs
+from lmcjax import parallel
+from lmcjax import pipeline
+from lmcjax import train
+from lmcjax import validate
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")

@@ -5,15 +5,11 @@
 On a cluster, run this on a login node; jobs then read the prepared files
 offline with config.data.data_dir pointing at the same directory.
 """
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lmcjax import data  # pylint: disable=g-import-not-at-top
+from lmcjax import data
 
 flags.DEFINE_enum("dataset", None, list(data.TFDS_DATASETS), "Dataset to prepare.")
 flags.DEFINE_string("data_dir", "", "tfds data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).")

@@ -8,7 +8,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from configs import smoke  # pylint: disable=g-import-not-at-top
+from lmcjax.configs import smoke  # pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from configs import default  # pylint: disable=g-import-not-at-top
-from configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
-from configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
-from configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
+from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
 from lmcjax import masks  # pylint: disable=g-import-not-at-top
 from lmcjax import models  # pylint: disable=g-import-not-at-top
 from lmcjax import parallel  # pylint: disable=g-import-not-at-top

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
-from configs.parts import train as train_part
-from configs.parts import analysis as analysis_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import train as train_part
+from lmcjax.configs.parts import analysis as analysis_part
+from lmcjax.configs.parts import model as model_part
 from lmcjax import analysis
 from lmcjax import checkpoints
 from lmcjax import logs

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
-from configs.parts import train as train_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import train as train_part
+from lmcjax.configs.parts import model as model_part
 from lmcjax import branches
 from lmcjax import runtime
 from lmcjax import validate

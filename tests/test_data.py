@@ -103,7 +103,7 @@ def test_unknown_dataset():
 
 
 def _data_cfg(**kw):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
   cfg = default.get_config().data
   cfg.update(kw)
   return cfg

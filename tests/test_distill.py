@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # pylint: disable=g-import-not-at-top
-from configs.parts import distill as distill_part
-from configs.parts import model as model_part
+from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import distill as distill_part
+from lmcjax.configs.parts import model as model_part
 from lmcjax import data as data_lib
 from lmcjax.distill import core
 from lmcjax.distill import experts

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from configs import imp_smoke
-from configs.parts import model as model_part
+from lmcjax.configs import imp_smoke
+from lmcjax.configs.parts import model as model_part
 from lmcjax import data as data_lib
 from lmcjax import pipeline
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import imp_smoke
+from lmcjax.configs import imp_smoke
 from lmcjax import checkpoints
 from lmcjax import dense
 from lmcjax import imp

@@ -66,7 +66,7 @@ def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):
 
 
 def test_distill_eval_settings_do_not_invalidate_later_stages():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
   from lmcjax import pipeline  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   before = {s: pipeline.stage_inputs(config, s) for s in ("distill", "imp", "analysis")}

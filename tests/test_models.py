@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import model as model_part
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import validate

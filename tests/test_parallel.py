@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs.parts import parallel as parallel_config
+from lmcjax.configs.parts import parallel as parallel_config
 from lmcjax import parallel
 from lmcjax import validate
 
@@ -128,7 +128,7 @@ def test_bad_distributed_fields_fail_before_jax_starts(fields, message):
 
 def test_distributed_outside_a_cluster_says_what_to_set():
   """A fresh process: jax.distributed.initialize() refuses to run after JAX has started."""
-  script = ("from configs.parts import parallel as p; import ml_collections as m; "
+  script = ("from lmcjax.configs.parts import parallel as p; import ml_collections as m; "
             "from lmcjax import parallel, validate\n"
             "c = m.ConfigDict({'parallel': p.get_section()}); c.parallel.distributed = True\n"
             "try: parallel.maybe_initialize_distributed(c)\n"

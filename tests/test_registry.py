@@ -1,7 +1,7 @@
 """The stage registry: each stage's cache key is exactly the config it is handed."""
 import pytest
 
-from configs import default
+from lmcjax.configs import default
 from lmcjax import pipeline
 from lmcjax import runtime
 

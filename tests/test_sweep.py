@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from configs.parts import sweep as sweep_config
+from lmcjax.configs.parts import sweep as sweep_config
 from lmcjax import aggregate
 from lmcjax import logs
 from lmcjax import sweep
@@ -78,7 +78,7 @@ def test_wrong_value_type_names_path_and_value(smoke_config):
 def test_launch_lists_jobs(tmp_path):
   config_file = tmp_path / "sweep_cfg.py"
   config_file.write_text(
-      "from configs import smoke\nfrom configs.parts import sweep\n"
+      "from lmcjax.configs import smoke\nfrom lmcjax.configs.parts import sweep\n"
       "def get_config():\n  c = smoke.get_config()\n  c.sweep = sweep.get_section()\n"
       "  c.sweep.axes = (('seeds.init', (0, 1)), ('train.lr', (0.1, 0.2, 0.3)))\n  return c\n")
   out = subprocess.run([sys.executable, os.path.join(REPO, "launch", "sweep.py"), "--config",

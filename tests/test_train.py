@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
-from configs.parts import train as train_part
-from configs.parts import model as model_part
+from lmcjax.configs import default
+from lmcjax.configs.parts import train as train_part
+from lmcjax.configs.parts import model as model_part
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import runtime

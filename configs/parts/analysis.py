@@ -8,7 +8,7 @@ cores: about a minute per analysed model.
 """
 import ml_collections
 
-from configs.parts import train as train_part
+from lmcjax.configs.parts import train as train_part
 
 
 def get_section() -> ml_collections.ConfigDict:

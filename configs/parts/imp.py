@@ -6,7 +6,7 @@ config.train, so the IMP stage costs about (sources x 5) short trainings.
 """
 import ml_collections
 
-from configs.parts import train as train_part
+from lmcjax.configs.parts import train as train_part
 
 
 def distilled_train_spec() -> ml_collections.ConfigDict:
