@@ -146,11 +146,15 @@ def run_cached_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog,
     _move_aside_stale(workdir, name)
     if os.path.exists(done_path):
       os.remove(done_path)
+  # An unfinished earlier attempt with the same inputs: this run resumes it,
+  # and its seconds count this attempt only.
+  resumed = previous == inputs and not stage.always_run
   logs.write_json(inputs_path, inputs)
   start = time.perf_counter()
   handed = dataclasses.replace(s, config=stage_config(s.config, name))
   summary = stage.run(handed, workdir, log)
   summary["seconds"] = time.perf_counter() - start
+  summary["resumed"] = resumed
   logs.write_json(done_path, {"summary": summary})
   return summary
 

@@ -320,9 +320,11 @@ def write(workdir: str, summary: Dict[str, Any]) -> Dict[str, Any]:
     sections += ["## Loss landscapes"] + landscapes
   if "imp" in summary:
     sections += ["## Data cost", data_cost_text(summary["imp"])]
-  sections += ["## Stage times", markdown_table(
-      ["stage", "seconds"], [[k, v.get("seconds", float("nan"))] for k, v in summary.items()
-                             if isinstance(v, dict) and "seconds" in v])]
+  sections += ["## Stage times", "Wall seconds of the run that finished each stage; a resumed "
+               "stage's earlier, interrupted attempts are not counted.", markdown_table(
+                   ["stage", "seconds", "resumed"],
+                   [[k, v["seconds"], "yes" if v.get("resumed") else "no"]
+                    for k, v in summary.items() if isinstance(v, dict) and "seconds" in v])]
   sections += ["## Config", "```json\n" + config_text.strip() + "\n```",
                "## Software", markdown_table(["package", "version"],
                                              sorted(results["versions"].items()))]

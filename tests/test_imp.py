@@ -288,6 +288,8 @@ def test_sigkill_mid_round_then_rerun_is_bit_identical(setup, tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   read = lambda d: open(os.path.join(layout.imp_dir(str(d)), "imp.jsonl")).read()
   assert read(killed) == read(tmp_path / "clean")
+  stage_summary = lambda d: json.load(open(os.path.join(d, "summary.json")))["imp"]
+  assert stage_summary(killed)["resumed"] and not stage_summary(tmp_path / "clean")["resumed"]
   like = {"params": setup.init_params, "batch_stats": setup.init_batch_stats}
   for source in ("real", "random"):
     for k in range(3):
