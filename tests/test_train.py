@@ -181,9 +181,7 @@ def test_same_config_twice_is_bit_identical(smoke_config):
 
 
 def test_augmented_step_with_dsa_and_cutmix_runs():
-  cfg = default.get_config().model
-  cfg.name, cfg.width = "convnet", 4
-  model = models.create(cfg, 10)
+  model = models.create(model_part.get("convnet", width=4), 10)
   spec = train_part.train_spec()
   spec.augment.kind, spec.augment.cutmix_prob = "dsa", 1.0
   params, stats = train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 3))
