@@ -23,6 +23,7 @@ from lmcjax import logs
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import parallel
+from lmcjax import progress
 from lmcjax import rng
 from lmcjax import train
 from lmcjax import validate
@@ -266,15 +267,21 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """Runs config.stages in order; writes DIR/metrics.jsonl and DIR/summary.json."""
   check_config(config)
   check_workdir_writable(workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  logs.write_text(os.path.join(workdir, "config.json"),
+                  config.to_json_best_effort(indent=2, sort_keys=True))
   s = setup(config)
   log = logs.MetricsLog(workdir)
   summary = {"dataset": s.dataset.name, "model": config.model.name,
              "num_train": int(s.x_train.shape[0]), "num_test": int(s.x_test.shape[0]),
              "versions": software_versions()}
-  for stage in config.stages:
-    logging.info("stage %s", stage)
+  start = time.perf_counter()
+  for i, stage in enumerate(config.stages):
+    logging.info("pipeline: stage %d/%d %s: %s", i + 1, len(config.stages), stage,
+                 stage_module(stage).__doc__.strip().splitlines()[0])
     summary[stage] = run_cached_stage(s, workdir, log, stage)
+    log.write_summary(stage, summary[stage])
     logs.write_json(os.path.join(workdir, "summary.json"), summary)
+    logging.info("pipeline: stage %s finished; %s in all, %d stage(s) left", stage,
+                 progress.duration(time.perf_counter() - start), len(config.stages) - i - 1)
+  log.close()
   return summary
