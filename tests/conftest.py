@@ -17,6 +17,25 @@ def smoke_config():
   return smoke.get_config()
 
 
+# A whole pipeline on sklearn digits with an IMP round, a rewind point at step
+# 5 and every analysis, small. Logged every 10 steps for the training curves.
+PIPELINE = ("--config", "configs/imp_smoke.py",
+            "--config.stages=('train','imp','analysis','report')",
+            "--config.imp.rounds=1", "--config.imp.rewind_step=5", "--config.log_every_steps=10",
+            "--config.analysis.landscape.resolution=5", "--config.analysis.hessian.max_probes=8")
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory):
+  """(workdir, stderr) of one finished PIPELINE run, shared by the tests that only
+  read it. Mark them @pytest.mark.xdist_group("smoke_pipeline") so that
+  `-n 2` (pytest.ini: --dist loadgroup) runs them on one worker and it runs once."""
+  workdir = tmp_path_factory.mktemp("smoke_pipeline")
+  done = run_main("--workdir", str(workdir), *PIPELINE)
+  assert done.returncode == 0, done.stderr[-2000:]
+  return str(workdir), done.stderr
+
+
 def run_main(*args, timeout=300):
   """Runs launch/main.py in a subprocess; returns CompletedProcess."""
   import subprocess  # pylint: disable=g-import-not-at-top
