@@ -5,6 +5,7 @@ exactly; restores are checked against the model's tree first.
 """
 import os
 import re
+import shutil
 from typing import Any, Optional
 
 import flax
@@ -34,20 +35,32 @@ def _as_os_error(path: str, error: ValueError) -> Optional[OSError]:
 
 
 def save_tree(path: str, tree: PyTree) -> None:
-  """Writes a pytree atomically (orbax renames a finished temp dir into place).
+  """Writes a pytree atomically: orbax writes it inside a staging directory,
+  and the finished tree then replaces `path`.
 
-  A failed write (a full disk) raises OSError and leaves any earlier tree at
-  `path` as it was.
+  A failed write (a full disk) raises OSError, removes what it wrote, and
+  leaves an earlier tree at `path` as it was (orbax's force=True would delete
+  it first).
   """
   path = os.path.abspath(path)
+  staging, replaced = f"{path}.saving", f"{path}.replaced"
+  shutil.rmtree(staging, ignore_errors=True)
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(path, _plain(tree), force=True)
+      ckptr.save(os.path.join(staging, "tree"), _plain(tree))
+    if os.path.isdir(path):
+      shutil.rmtree(replaced, ignore_errors=True)
+      os.replace(path, replaced)
+    os.replace(os.path.join(staging, "tree"), path)
   except ValueError as e:
     failure = _as_os_error(path, e)
     if failure is None:
       raise
     raise failure from e
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if os.path.isdir(path):  # else the earlier tree stays in `replaced`
+      shutil.rmtree(replaced, ignore_errors=True)
 
 
 def _unreadable(what: str, path: str, error: BaseException) -> validate.InputError:

@@ -36,8 +36,9 @@ def smoke_pipeline(tmp_path_factory):
   return str(workdir), done.stderr
 
 
-def run_main(*args, timeout=300):
-  """Runs launch/main.py in a subprocess; returns CompletedProcess."""
+def run_main(*args, timeout=300, **kwargs):
+  """Runs launch/main.py in a subprocess; returns CompletedProcess. kwargs go to
+  subprocess.run (e.g. preexec_fn)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", "main.py"), *args],
-                        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs)
