@@ -1,4 +1,5 @@
 """Shared test fixtures: tiny configs that exercise the real code paths."""
+import fcntl
 import os
 import sys
 
@@ -28,12 +29,19 @@ PIPELINE = ("--config", "configs/imp_smoke.py",
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory):
   """(workdir, stderr) of one finished PIPELINE run, shared by the tests that only
-  read it. Mark them @pytest.mark.xdist_group("smoke_pipeline") so that
-  `-n 2` (pytest.ini: --dist loadgroup) runs them on one worker and it runs once."""
-  workdir = tmp_path_factory.mktemp("smoke_pipeline")
-  done = run_main("--workdir", str(workdir), *PIPELINE)
-  assert done.returncode == 0, done.stderr[-2000:]
-  return str(workdir), done.stderr
+  read it. Under pytest-xdist the workers share it through a file lock (the
+  xdist recipe for a once-per-session fixture): it runs once, not per worker."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # this session's folder, common to its workers
+  workdir, log = root / "smoke_pipeline", root / "smoke_pipeline.stderr"
+  with open(root / "smoke_pipeline.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not log.exists():
+      done = run_main("--workdir", str(workdir), *PIPELINE)
+      assert done.returncode == 0, done.stderr[-2000:]
+      log.write_text(done.stderr)
+  return str(workdir), log.read_text()
 
 
 def run_main(*args, timeout=300, **kwargs):

@@ -6,8 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import PIPELINE
 from conftest import REPO
 
@@ -37,7 +35,6 @@ def _results(workdir):
     return json.load(f)
 
 
-@pytest.mark.xdist_group("smoke_pipeline")
 def test_sigkill_during_stages_then_rerun_gives_bit_identical_results(tmp_path, smoke_pipeline):
   whole, killed = smoke_pipeline[0], tmp_path / "killed"
 

@@ -16,7 +16,6 @@ from lmcjax import masks
 from lmcjax import results
 from lmcjax import validate
 
-pytestmark = pytest.mark.xdist_group("smoke_pipeline")
 ANALYSED = ("dense", "random_r01", "real_r01")
 
 
