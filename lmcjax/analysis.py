@@ -39,6 +39,7 @@ from lmcjax import logs
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import plots
+from lmcjax import progress
 from lmcjax import rng
 from lmcjax import runtime
 from lmcjax import stats
@@ -220,7 +221,8 @@ def _splits(s, a, wd: str) -> Dict[str, Tuple[Any, Any]]:
   wanted = set(a.eval_splits) | {a.landscape.split, a.hessian.split}
   out = {"train": (s.x_train, s.y_train), "test": (s.x_test, s.y_test)}
   if "distilled" in wanted:
-    out["distilled"] = synthetic.load_decoded(synthetic.stage_path(wd, a.distilled_path), s.dataset)
+    out["distilled"] = synthetic.load_decoded(synthetic.stage_path(wd, a.distilled_path),
+                                             s.dataset)[:2]
   for name in wanted:
     validate.require(out[name][0].shape[0] > 0, f"analysis split {name!r} is empty")
   return out
@@ -318,7 +320,7 @@ def _hessian(s, a, name: str, stacked, mask, splits, out_dir: str) -> Tuple[Dict
     got, want = hessian.kept_values(diag.values, mask), hessian.kept_values(exact, mask)
     result["relative_error_vs_exact"] = float(np.linalg.norm(got - want) /
                                               max(np.linalg.norm(want), 1e-30))
-  np.savez(os.path.join(out_dir, "hessian.npz"), **arrays)
+  logs.write_npz(os.path.join(out_dir, "hessian.npz"), **arrays)
   logs.write_json(os.path.join(out_dir, "hessian.json"), result)
   return result, hessian.kept_values(diag.values, mask)
 
@@ -344,6 +346,12 @@ def _branch_errors(s, stacked, num: int) -> List[float]:
   return [1.0 - runtime.evaluate(s, interpolate.take(stacked["params"], i),
                                     interpolate.take(stacked["batch_stats"], i))["accuracy"]
           for i in range(num)]
+
+
+def save_copies(parent: str, stacked: PyTree, num_copies: int) -> None:
+  """Each copy's final {'params', 'batch_stats'}, so lmcjax.results can reload it."""
+  for i in range(num_copies):
+    checkpoints.save_tree(layout.branch_copy(parent, i), interpolate.take(stacked, i))
 
 
 def barrier_statistics(s, pairs: List[Dict[str, Any]], test_errors: List[float]) -> Dict[str, Any]:
@@ -372,6 +380,7 @@ def analyse_model(s, a, name: str, mask, start: PyTree, start_at: int, spec, spl
   stacked = copies.ends()
   jax.block_until_ready(stacked)
   timings["branches_s"] = time.perf_counter() - tick
+  save_copies(out_dir, stacked, a.num_branches)
   tick = time.perf_counter()
   paths = _paths(s, a, stacked, mask, splits, out_dir)
   timings["interpolation_s"] = time.perf_counter() - tick
@@ -427,6 +436,7 @@ def _instability_point(s, a, wd, name, mask, step, splits, log) -> Dict[str, Any
       prefix=("instability", name, step), num_copies=c.num_copies, chunk=a.branch_chunk,
       start_step=dense.start_step(s.config.imp.rewind_schedule, step), execution=a.execution)
   stacked = copies.ends()
+  save_copies(layout.instability_point_dir(wd, name, step), stacked, c.num_copies)
   result = interpolate.pairwise(s.model, stacked, interpolate.default_alphas(c.num_alphas),
                                 *splits[c.split], mask=mask,
                                 eval_batch_size=s.config.eval_batch_size,
@@ -466,7 +476,9 @@ def instability(s, a, wd: str, models, splits, out_dir: str, log, start_at: int 
   dense.ensure_snapshots(s, wd, steps, log)
   reused = _reusable(a, start_at, analysed or {})
   curves = {}
-  for name, mask in _instability_models(s, a, models):
+  measured = _instability_models(s, a, models)
+  shown = progress.Progress("instability", len(measured) * len(steps), "points", every_s=0)
+  for name, mask in measured:
     curves[name] = []
     for epoch, step in zip(c.rewind_epochs, steps):
       prior = reused(name, step)
@@ -474,15 +486,16 @@ def instability(s, a, wd: str, models, splits, out_dir: str, log, start_at: int 
                _instability_point(s, a, wd, name, mask, step, splits, log))
       curves[name].append({"epoch": float(epoch), "reused_analysis_copies": prior is not None,
                            **point})
+      shown.update(sum(map(len, curves.values())), f"{name} from epoch {epoch:g}")
     logging.info("instability %s: barriers %s", name,
                  [round(p["error_barrier_ci"]["estimate"], 4) for p in curves[name]])
   out = {"split": c.split, "schedule": s.config.imp.rewind_schedule, "num_copies": c.num_copies,
          "epochs": [float(e) for e in c.rewind_epochs], "steps": steps, "models": curves}
   stem = os.path.join(out_dir, "instability")
   logs.write_json(stem + ".json", out)
-  np.savez(stem + ".npz", epochs=np.asarray(out["epochs"]), steps=np.asarray(steps),
-           **{f"barriers/{name}": np.asarray([p["error_barriers"] for p in curve])
-              for name, curve in curves.items()})
+  logs.write_npz(stem + ".npz", epochs=np.asarray(out["epochs"]), steps=np.asarray(steps),
+                 **{f"barriers/{name}": np.asarray([p["error_barriers"] for p in curve])
+                    for name, curve in curves.items()})
   out["png"] = plots.plot_instability(stem, curves, c.split)
   return out
 
@@ -524,6 +537,11 @@ def _figures(a, results, out_dir: str) -> Dict[str, str]:
   return files
 
 
+def _barrier_line(summary: Dict[str, Any]) -> str:
+  return ", ".join(f"{where} error barrier {b['error_barrier_mean']:.4f}"
+                   for where, b in summary["barriers"].items())
+
+
 def _detailed(name: str, models, a) -> bool:
   """Landscapes and the Hessian for every model, or the dense net and each
   source's sparsest analysed mask (analysis.detail_models)."""
@@ -545,9 +563,12 @@ def run_stage(s, wd: str, log: logs.MetricsLog) -> Dict[str, Any]:
   spec = s.config.train if a.reuse_config_train else a.branch_train
   logging.info("analysis: %s with %d branches each", [m[0] for m in models], a.num_branches)
   results = {}
+  shown = progress.Progress("analysis", len(models), "models", every_s=0)
   for name, _, mask in models:
     results[name] = analyse_model(s, a, name, mask, start, start_at, spec, splits,
-                                  os.path.join(out_dir, name), log, _detailed(name, models, a))
+                                  layout.analysis_model_dir(wd, name), log,
+                                  _detailed(name, models, a))
+    shown.update(len(results), f"{name}: {_barrier_line(results[name][0])}")
   summary = {"models": {name: r[0] for name, r in results.items()},
              "figures": _figures(a, results, out_dir), "num_alphas": int(alphas(a).size),
              "num_test": int(s.x_test.shape[0]), "seed": s.config.seeds.init,

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from lmcjax import masks
+from lmcjax import progress
 from lmcjax import rng
 from lmcjax import runtime
 from lmcjax import train
@@ -120,6 +121,7 @@ def _sequential(s, spec, params, batch_stats, mask, paths, chunk, images, labels
   """One train_run per copy (its NaN check included); states get a copy axis of 1."""
   del chunk  # one copy at a time
   states, losses = [], []
+  shown = progress.Progress(f"branches {paths[0][:-2]}", len(paths), "copies")
   for path in paths:
     last = {}
     result = runtime.train_run(s, spec, params, batch_stats, mask, seed_path=path,
@@ -128,6 +130,7 @@ def _sequential(s, spec, params, batch_stats, mask, paths, chunk, images, labels
                                   on_step=lambda done, state, metrics: last.update(metrics))
     states.append(jax.tree.map(lambda a: a[None], result.state))
     losses.append(float(last["loss"]) if last else float("nan"))
+    shown.update(len(states))
   return states, losses
 
 
@@ -140,6 +143,7 @@ def _vmapped(s, spec, params, batch_stats, mask, paths, chunk, images, labels, s
                          s.dataset.num_classes, num_steps, start_step)
   seeds = s.config.seeds
   done, losses = [], []
+  shown = progress.Progress(f"branches {paths[0][:-2]}", len(paths), "copies")
   for start in range(0, len(paths), chunk):
     group = paths[start:start + chunk]
     states = _stack([train.create_state(params, batch_stats, tx,
@@ -153,4 +157,5 @@ def _vmapped(s, spec, params, batch_stats, mask, paths, chunk, images, labels, s
     _check_finite(group_losses, group)
     done.append(states)
     losses.extend(group_losses[:, -1].tolist())
+    shown.update(len(losses))
   return done, losses

@@ -4,6 +4,8 @@ Saved states are plain dicts of arrays (flax state dicts), so they round-trip
 exactly; restores are checked against the model's tree first.
 """
 import os
+import re
+import shutil
 from typing import Any, Optional
 
 import flax
@@ -25,23 +27,68 @@ def _template(tree: PyTree) -> PyTree:
   return jax.tree.map(np.asarray, _plain(tree))
 
 
+def _as_os_error(path: str, error: ValueError) -> Optional[OSError]:
+  """The OSError behind a failed tensorstore write (a full disk, a file-size
+  limit), which orbax reports as a ValueError naming the errno; else None."""
+  code = re.search(r"os_error_code='(\d+)'", str(error))
+  return OSError(int(code.group(1)), os.strerror(int(code.group(1))), path) if code else None
+
+
 def save_tree(path: str, tree: PyTree) -> None:
-  """Writes a pytree atomically (orbax renames a finished temp dir into place)."""
+  """Writes a pytree atomically: orbax writes it inside a staging directory,
+  and the finished tree then replaces `path`.
+
+  A failed write (a full disk) raises OSError, removes what it wrote, and
+  leaves an earlier tree at `path` as it was (orbax's force=True would delete
+  it first).
+  """
   path = os.path.abspath(path)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, _plain(tree), force=True)
+  staging, replaced = f"{path}.saving", f"{path}.replaced"
+  shutil.rmtree(staging, ignore_errors=True)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(staging, "tree"), _plain(tree))
+    if os.path.isdir(path):
+      shutil.rmtree(replaced, ignore_errors=True)
+      os.replace(path, replaced)
+    os.replace(os.path.join(staging, "tree"), path)
+  except ValueError as e:
+    failure = _as_os_error(path, e)
+    if failure is None:
+      raise
+    raise failure from e
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if os.path.isdir(path):  # else the earlier tree stays in `replaced`
+      shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _unreadable(what: str, path: str, error: BaseException) -> validate.InputError:
+  """One line for a checkpoint that orbax or tensorstore cannot read."""
+  detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return validate.InputError(f"{what} {path} is truncated or corrupt ({detail[:300]}); "
+                             "restore it from a copy, or move it aside to recompute it")
 
 
 def load_tree(path: str, like: PyTree, what: str = "checkpoint") -> PyTree:
-  """Restores a tree saved by save_tree into the structure of `like`."""
+  """Restores a tree saved by save_tree into the structure of `like`.
+
+  One line, before any use, when the directory is missing, truncated or
+  corrupt, or holds a tree that is not `like`'s (another model or mask).
+  """
   path = os.path.abspath(path)
   validate.require(os.path.isdir(path), f"{what} not found: {path}")
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path)
     saved = getattr(meta, "item_metadata", meta)
     saved = getattr(saved, "tree", saved)
+    if saved is None:  # orbax found no readable tree metadata
+      raise _unreadable(what, path, ValueError("no readable tree metadata"))
     masks.check_matches(saved, _plain(like), what=f"{what} {path}")
-    restored = ckptr.restore(path, _template(like))
+    try:
+      restored = ckptr.restore(path, _template(like))
+    except (ValueError, OSError, KeyError) as e:  # tensorstore reports bad data as ValueError
+      raise _unreadable(what, path, e) from e
   return flax.serialization.from_state_dict(like, restored)
 
 
@@ -63,15 +110,25 @@ class StateCheckpointer:
     step = self.manager.latest_step()
     if step is None:
       return None
-    restored = self.manager.restore(step, args=ocp.args.StandardRestore(_template(state)))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.StandardRestore(_template(state)))
+    except (ValueError, OSError, KeyError) as e:
+      raise _unreadable(f"training checkpoint at step {step} in",
+                        self.manager.directory, e) from e
     return flax.serialization.from_state_dict(state, restored)
 
   def due(self, step: int) -> bool:
     return self.every_steps > 0 and step % self.every_steps == 0
 
   def save(self, step: int, state: PyTree) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(_plain(state)), force=True)
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(_plain(state)), force=True)
+      self.manager.wait_until_finished()
+    except ValueError as e:
+      failure = _as_os_error(str(self.manager.directory), e)
+      if failure is None:
+        raise
+      raise failure from e
 
   def close(self) -> None:
     self.manager.close()

@@ -5,7 +5,9 @@ float32, with per-dataset channel statistics.
 """
 import dataclasses
 import os
-from typing import Callable, Dict, Tuple
+import zipfile
+import zlib
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -125,6 +127,28 @@ def load_tfds(name: str, data_dir: str = "", download: bool = False) -> Dataset:
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def read_npz(path: str, keys: Sequence[str], what: str) -> Dict[str, np.ndarray]:
+  """The arrays `keys` of an npz, read without pickles, all before any use.
+
+  One line names the file when it is missing, lacks a key, holds pickled
+  objects, or is truncated or corrupt (a short copy or a flipped byte gives
+  zipfile's BadZipFile or an EOFError deep in numpy otherwise).
+  """
+  validate.require(bool(path) and os.path.isfile(path), f"{what} not found: {path!r}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in keys if k not in f.files]
+      validate.require(not missing, f"{path}: missing arrays {missing}; need {list(keys)}")
+      return {k: f[k] for k in keys}
+  except validate.InputError:
+    raise
+  except ValueError as e:  # what np.load raises for pickled (object) arrays
+    raise validate.InputError(f"{path}: not a plain-array npz ({e})") from e
+  except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise validate.InputError(f"{path}: {what} is truncated or corrupt "
+                              f"({type(e).__name__}: {e}); copy or write it again") from e
+
+
 def validate_arrays(name: str, x_train, y_train, x_test, y_test,
                     num_classes: int = 0) -> int:
   """Checks shapes, dtypes and label range; returns the class count."""
@@ -144,21 +168,26 @@ def validate_arrays(name: str, x_train, y_train, x_test, y_test,
   for key, y in (("y_train", y_train), ("y_test", y_test)):
     bad = y[(y < 0) | (y >= classes)]
     validate.require(bad.size == 0, f"{name}: {key} has label {bad[:1].tolist()} outside [0, {classes})")
+  if not num_classes:
+    _check_no_gaps(name, np.union1d(y_train, y_test), classes)
   return classes
+
+
+def _check_no_gaps(name: str, present: np.ndarray, classes: int) -> None:
+  """Labels read as classes 0..max must all occur: labels 0, 5, ..., 45 are ten
+  classes, not 46, and a 46-way classifier would silently train on them."""
+  absent = np.setdiff1d(np.arange(classes), present)
+  shown = present.tolist() if present.size <= 6 else present[:3].tolist() + ["..."] + present[-2:].tolist()
+  validate.require(absent.size == 0, (
+      f"{name}: the labels {shown} leave gaps ({absent.size} of 0..{classes - 1} never occur, "
+      f"e.g. {absent[:3].tolist()}), so they would be read as {classes} classes; relabel them "
+      f"0..{present.size - 1}, or declare the class count in the config: "
+      f"config.data.num_classes = {classes}"))
 
 
 def load_npz(path: str, num_classes: int = 0) -> Dataset:
   """Loads x_train/y_train/x_test/y_test from an npz (no pickles) and validates it."""
-  validate.require(bool(path) and os.path.isfile(path), f"npz file not found: {path!r}")
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      missing = [k for k in NPZ_KEYS if k not in f.files]
-      validate.require(not missing, f"{path}: missing arrays {missing}; need {list(NPZ_KEYS)}")
-      arrays = {k: f[k] for k in NPZ_KEYS}
-  except ValueError as e:
-    if isinstance(e, validate.InputError):
-      raise
-    raise validate.InputError(f"{path}: not a plain-array npz ({e})") from e
+  arrays = read_npz(path, NPZ_KEYS, "npz file")
   classes = validate_arrays(path, **arrays, num_classes=num_classes)
   x = arrays["x_train"].astype(np.float32) / 255.0
   mean = tuple(float(m) for m in x.mean(axis=(0, 1, 2)))
@@ -172,6 +201,10 @@ def check_config(cfg) -> None:
   validate.choice("data.name", cfg.name, DATASETS)
   if cfg.name == "npz":
     validate.require(bool(cfg.npz_path), "data.name='npz' needs data.npz_path")
+  classes = cfg.get("num_classes", 0)  # optional: declares an npz dataset's class count
+  validate.require(isinstance(classes, int) and classes >= 0 and (not classes or cfg.name == "npz"),
+                   f"data.num_classes={classes!r}: declare it (an integer > 0) only for "
+                   "data.name='npz'; other datasets know their classes")
   for field in ("train_subset", "test_subset"):
     size = cfg.get(field, 0)
     validate.require(isinstance(size, int) and size >= 0,
@@ -228,5 +261,5 @@ def load(cfg) -> Dataset:
   if cfg.name in _BUILTIN_LOADERS:
     return _BUILTIN_LOADERS[cfg.name]()
   if cfg.name == "npz":
-    return take_subsets(load_npz(cfg.npz_path), cfg)
+    return take_subsets(load_npz(cfg.npz_path, cfg.get("num_classes", 0)), cfg)
   return take_subsets(load_tfds(cfg.name, cfg.data_dir, cfg.download), cfg)

@@ -33,6 +33,7 @@ import numpy as np
 
 from lmcjax import interpolate
 from lmcjax import masks
+from lmcjax import progress
 from lmcjax import models
 from lmcjax import train
 from lmcjax import validate
@@ -180,6 +181,7 @@ def hutchinson(model, params: PyTree, batch_stats: PyTree, images, labels, key, 
   total_sq = np.zeros_like(total)
   traces = []
   n, converged, relative = 0, False, np.inf
+  shown = progress.Progress(f"Hutchinson {operator} diagonal", max_probes, "probes")
   while n < max_probes and not converged:
     count = min(chunk, max_probes - n)
     keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(n, n + chunk))
@@ -195,6 +197,8 @@ def hutchinson(model, params: PyTree, batch_stats: PyTree, images, labels, key, 
       trace, trace_se = float(np.mean(traces)), float(np.std(traces, ddof=1) / np.sqrt(n))
       relative = _relative(mean, se, trace, trace_se)
       converged = bool(tol > 0 and n >= 2 * min(chunk, max_probes) and relative <= tol)
+    shown.update(max_probes if converged else n, f"relative SE {relative:.3g}"
+                 + (f", converged after {n} probes" if converged else ""))
   mean, se = _mean_se(total, total_sq, n)
   to_tree = lambda v: jax.tree.map(np.asarray, unravel(jnp.asarray(v, flat_params.dtype)))
   trace_se = float(np.std(traces, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
@@ -323,6 +327,7 @@ def ggn_diagonal(model, params: PyTree, batch_stats: PyTree, images, labels, *,
   chunk = min(chunk, n)
   program = _ggn_program(model)
   total = None
+  shown = progress.Progress("GGN diagonal", n, "examples")
   for start in range(0, n, chunk):
     block = images[start:start + chunk]
     count = block.shape[0]
@@ -330,6 +335,7 @@ def ggn_diagonal(model, params: PyTree, batch_stats: PyTree, images, labels, *,
     weights = (jnp.arange(chunk) < count).astype(jnp.result_type(block.dtype)) / n
     part = program(params, batch_stats, block, weights)
     total = part if total is None else jax.tree.map(jnp.add, total, part)
+    shown.update(start + count, wait=total)
   total = total if mask is None else masks.apply(total, mask)
   return jax.tree.map(np.asarray, total)
 
@@ -441,10 +447,12 @@ def _lanczos_basis(matvec: Callable, start, steps: int, done: Callable):
   basis = jnp.zeros((steps + 1, start.size), start.dtype).at[0].set(start)
   alphas, betas = [], []
   floor = 100 * float(jnp.finfo(start.dtype).eps)
+  shown = progress.Progress("Lanczos", steps, "steps (at most)")
   for j in range(steps):
     basis, alpha, beta = _extend_basis(basis, matvec(basis[j]), j)
     alphas.append(float(alpha))
     betas.append(float(beta))
+    shown.update(j + 1)
     if betas[-1] <= floor * max(abs(a) for a in alphas) or done(alphas, betas):
       break
   return basis, np.asarray(alphas, np.float64), np.asarray(betas, np.float64)

@@ -22,7 +22,6 @@ its result.json marker exists; a finished round is never recomputed, and an
 unfinished one resumes from its checkpoints, so SIGKILL at any moment followed
 by the same command ends bit-identical to an uninterrupted run (on CPU).
 """
-import json
 import os
 import shutil
 from typing import Any, Dict, List, Optional, Tuple
@@ -34,6 +33,8 @@ from lmcjax import checkpoints
 from lmcjax import dense
 from lmcjax import logs
 from lmcjax import masks
+from lmcjax import plots
+from lmcjax import progress
 from lmcjax import pruning
 from lmcjax import rng
 from lmcjax import runtime
@@ -47,7 +48,7 @@ PyTree = Any
 SOURCES = ("real", "distilled", "combined", "random")
 RETRAIN_ROUNDS = ("all", "analysed", "none")
 RESULTS_FILE = "imp.jsonl"
-PLOT_FILE = "accuracy_vs_sparsity.png"
+PLOT_STEM = "accuracy_vs_sparsity"
 # ---------------------------------------------------------------- config
 
 
@@ -281,6 +282,7 @@ class _SourceRun:
     if not checkpoints.exists(layout.mask(self.workdir, self.source, 0)):
       checkpoints.save_tree(layout.mask(self.workdir, self.source, 0), self.mask(0))
     markers = []
+    shown = progress.Progress(f"imp {self.source}", self.c.rounds + 1, "rounds", every_s=0)
     for k in range(self.c.rounds + 1):
       marker = _marker(self.workdir, self.source, k)
       if not os.path.exists(marker):
@@ -290,7 +292,14 @@ class _SourceRun:
         # Also after a kill between the marker and the removal.
         shutil.rmtree(layout.train_checkpoints(self.workdir, self.source, k), ignore_errors=True)
       markers.append(logs.read_json(marker))
+      shown.update(k + 1, _round_line(markers[-1]))
     return markers
+
+
+def _round_line(marker: Dict[str, Any]) -> str:
+  acc = marker["test_accuracy"]
+  return (f"round {marker['round']} at sparsity {marker['sparsity']:.3f}: "
+          + (f"test accuracy {acc:.4f}" if acc is not None else "not retrained"))
 
 
 def _variables(result: runtime.RunResult) -> Dict[str, PyTree]:
@@ -346,44 +355,13 @@ def cost_summary(markers_by_source: Dict[str, List[Dict[str, Any]]]) -> Dict[str
   return out
 
 
-def write_jsonl(path: str, rows: List[Dict[str, Any]]) -> None:
-  """Rewrites the whole file atomically, so a kill never leaves a torn or duplicated row."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
-def plot_accuracy_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for source in SOURCES:
-    mine = [r for r in rows if r["source"] == source and r["test_accuracy"] is not None]
-    if mine:
-      ax.plot([100 * r["sparsity"] for r in mine], [100 * r["test_accuracy"] for r in mine],
-              marker="o", label=source)
-  ax.set_xlabel("sparsity (% of prunable weights removed)")
-  ax.set_ylabel("test accuracy after retraining (%)")
-  ax.grid(alpha=0.3)
-  if ax.get_lines():
-    ax.legend(title="mask source")
-  fig.tight_layout()
-  tmp = path[:-len(".png")] + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- the stage
 
 
 def _load_distilled(s: runtime.Setup, workdir: str) -> Dict[str, Any]:
   """The distilled set as device arrays, checked against the real dataset."""
   path = synthetic.stage_path(workdir, s.config.imp.distilled_path)
-  images, labels = synthetic.load_decoded(path, s.dataset)
+  images, labels, _ = synthetic.load_decoded(path, s.dataset)
   return {"path": path, "images": images, "labels": labels, "num_images": int(images.shape[0])}
 
 
@@ -397,9 +375,9 @@ def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str,
                        for source in _ordered_sources(c)}
   rows_by_source = {source: results_rows(m) for source, m in markers_by_source.items()}
   rows = [r for source in rows_by_source for r in rows_by_source[source]]
-  write_jsonl(os.path.join(layout.imp_dir(workdir), RESULTS_FILE), rows)
-  plot_path = os.path.join(layout.imp_dir(workdir), PLOT_FILE)
-  plot_accuracy_vs_sparsity(rows, plot_path)
+  logs.write_jsonl(os.path.join(layout.imp_dir(workdir), RESULTS_FILE), rows)
+  plot_path = plots.plot_accuracy_vs_sparsity(
+      os.path.join(layout.imp_dir(workdir), PLOT_STEM), rows, SOURCES)
   return {
       "rewind_step": step, "rewind_schedule": c.rewind_schedule, "rounds": c.rounds,
       "method": c.method, "retrain_rounds": c.retrain_rounds,

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmcjax import interpolate
+from lmcjax import logs
 from lmcjax import masks
+from lmcjax import progress
 from lmcjax import train
 from lmcjax import validate
 
@@ -148,6 +150,28 @@ def _grid_program(model, eval_batch_size: int, chunk: int):
   return jax.jit(program)
 
 
+def _evaluate_points(model, plane: Plane, coords: np.ndarray, batch_stats, images, labels, mask,
+                     chunk: int, eval_batch_size: int) -> Dict[str, np.ndarray]:
+  """{'loss', 'accuracy'} at each row of coords, one call per `chunk` points.
+
+  One call per chunk, not one for the grid, so progress can be reported; the
+  last chunk is padded with its last point, so every call has one shape and
+  compiles once.
+  """
+  n = coords.shape[0]
+  chunk = min(chunk, n)
+  program = _grid_program(model, eval_batch_size, chunk)
+  padded = np.concatenate([coords, np.repeat(coords[-1:], (-n) % chunk, axis=0)])
+  shown = progress.Progress("landscape grid", n, "points")
+  outs = []
+  for start in range(0, n, chunk):
+    outs.append(program(plane.origin, tuple(plane.directions), mask, batch_stats,
+                        jnp.asarray(padded[start:start + chunk]), images, labels))
+    shown.update(min(start + chunk, n), wait=outs[-1])
+  outs = jax.device_get(outs)
+  return {k: np.concatenate([o[k] for o in outs])[:n] for k in ("loss", "accuracy")}
+
+
 def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: PyTree,
                   images, labels, *, mask: Optional[PyTree] = None, chunk: int = 16,
                   eval_batch_size: int = 1000) -> Dict[str, np.ndarray]:
@@ -163,9 +187,8 @@ def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: 
   validate.require(images.shape[0] > 0, "cannot evaluate a landscape on an empty split")
   mesh = np.meshgrid(*axes, indexing="xy")
   coords = np.stack([m.ravel() for m in mesh], axis=1).astype(np.float32)
-  program = _grid_program(model, eval_batch_size, chunk)
-  out = jax.device_get(program(plane.origin, tuple(plane.directions), mask, batch_stats,
-                               jnp.asarray(coords), images, labels))
+  out = _evaluate_points(model, plane, coords, batch_stats, images, labels, mask, chunk,
+                         eval_batch_size)
   shape = mesh[0].shape
   result = {"loss": np.asarray(out["loss"]).reshape(shape),
             "error": 1.0 - np.asarray(out["accuracy"]).reshape(shape)}
@@ -178,4 +201,4 @@ def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: 
 
 def save_grid(path: str, grid: Dict[str, np.ndarray], kind: str) -> None:
   """The raw grid as npz (no pickles), so plots can be redrawn without recompute."""
-  np.savez(path, kind=np.asarray(kind), **grid)
+  logs.write_npz(path, kind=np.asarray(kind), **grid)

@@ -10,6 +10,7 @@ the code reads.
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Dict, Iterable, Tuple
 
@@ -25,6 +26,7 @@ from lmcjax import logs
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import parallel
+from lmcjax import progress
 from lmcjax import report
 from lmcjax import runtime
 from lmcjax import train
@@ -175,15 +177,27 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """Runs config.stages in order; writes DIR/metrics.jsonl and DIR/summary.json."""
   check_config(config)
   check_workdir_writable(workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  logs.write_text(os.path.join(workdir, "config.json"),
+                  config.to_json_best_effort(indent=2, sort_keys=True))
   s = runtime.setup(config)
   log = logs.MetricsLog(workdir)
   summary = {"dataset": s.dataset.name, "model": config.model.name,
              "num_train": int(s.x_train.shape[0]), "num_test": int(s.x_test.shape[0]),
              "init_seed": int(config.seeds.init), "versions": runtime.software_versions()}
-  for name in config.stages:
-    logging.info("stage %s", name)
+  start = time.perf_counter()
+  for i, name in enumerate(config.stages):
+    logging.info("pipeline: stage %d/%d %s: %s", i + 1, len(config.stages), name,
+                 _what(STAGES[name]))
     summary[name] = run_cached_stage(s, workdir, log, name)
+    log.write_summary(name, summary[name])
     logs.write_json(os.path.join(workdir, "summary.json"), summary)
+    logging.info("pipeline: stage %s finished; %s in all, %d stage(s) left", name,
+                 progress.duration(time.perf_counter() - start), len(config.stages) - i - 1)
+  log.close()
   return summary
+
+
+def _what(stage: runtime.Stage) -> str:
+  """The first line of the stage module's docstring: what the stage does."""
+  doc = sys.modules[stage.run.__module__].__doc__ or stage.name
+  return doc.strip().splitlines()[0]

@@ -1,7 +1,8 @@
-"""PNG figures of the analysis, each saved beside the numbers that draw it.
+"""Every PNG figure lmcjax draws, each saved beside the numbers that draw it.
 
-Every `plot_*(stem, ...)` writes STEM.png and STEM.json (or STEM.npz for
-grids), so a figure can be redrawn or checked without recomputing anything.
+Every `plot_*(stem, ...)` writes STEM.png and STEM.json (or the numbers are
+in a file named in its docstring), so a figure can be redrawn or checked
+without recomputing anything. This is the one module that sets up matplotlib.
 """
 import os
 from typing import Any, Dict, List, Sequence
@@ -14,12 +15,15 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _save(fig, stem: str) -> str:
+def _save(fig, stem: str, dpi: int = 110, pad: float = 1.08) -> str:
+  """Writes STEM.png atomically (logs.atomic_write) and frees the figure."""
   os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(stem + ".png", dpi=110)
-  plt.close(fig)
-  return stem + ".png"
+  fig.tight_layout(pad=pad)
+  try:
+    return logs.atomic_write(stem + ".png", lambda f: fig.savefig(f, format="png", dpi=dpi),
+                             binary=True)
+  finally:
+    plt.close(fig)
 
 
 def plot_interpolation(stem: str, curves: List[Dict[str, Any]], metric: str = "error") -> str:
@@ -147,6 +151,46 @@ def plot_landscape(stem: str, grid: Dict[str, np.ndarray], metric: str = "error"
     ax.set_ylabel("direction 1")
   ax.set_title(title, fontsize=9)
   return _save(fig, stem)
+
+
+def plot_accuracy_vs_sparsity(stem: str, rows: List[Dict[str, Any]], sources: Sequence[str]) -> str:
+  """IMP's retrained test accuracy against sparsity, one line per mask source.
+
+  rows: imp.jsonl's rows (which hold the numbers).
+  """
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for source in sources:
+    mine = [r for r in rows if r["source"] == source and r["test_accuracy"] is not None]
+    if mine:
+      ax.plot([100 * r["sparsity"] for r in mine], [100 * r["test_accuracy"] for r in mine],
+              marker="o", label=source)
+  ax.set_xlabel("sparsity (% of prunable weights removed)")
+  ax.set_ylabel("test accuracy after retraining (%)")
+  ax.grid(alpha=0.3)
+  if ax.get_lines():
+    ax.legend(title="mask source")
+  return _save(fig, stem, dpi=120)
+
+
+def plot_image_grid(stem: str, images, labels, mean, std, max_per_class: int = 10) -> str:
+  """One row per class of up to max_per_class images (normalised NHWC), de-normalised.
+
+  The images are the distilled set's npz beside it.
+  """
+  images, labels = np.asarray(images), np.asarray(labels)
+  classes = np.unique(labels)
+  cols = min(max_per_class, max(int(np.sum(labels == c)) for c in classes))
+  fig, axes = plt.subplots(len(classes), cols, figsize=(cols, len(classes)), squeeze=False)
+  pixels = np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+  for r, c in enumerate(classes):
+    row = pixels[labels == c]
+    for j in range(cols):
+      ax = axes[r, j]
+      ax.axis("off")
+      if j < len(row):
+        img = row[j]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+  return _save(fig, stem, dpi=80, pad=0.1)
 
 
 def curve_label(model: str, pair: Sequence[int], split: str, bn_mode: str) -> str:

@@ -82,14 +82,14 @@ def _sparsity_table(barriers: List[Record]) -> str:
   rows = [[f"{100 * sp:.1f}%", where] + [stats.format_ci(cell[s, sp, where]["error_barrier_ci"])
                                          if (s, sp, where) in cell else "" for s in sources]
           for where in wheres for sp in sparsities]
-  return report.markdown_table(["sparsity", "split/BN"] + [f"{s} barrier % [95% CI]" for s in sources],
+  return logs.markdown_table(["sparsity", "split/BN"] + [f"{s} barrier % [95% CI]" for s in sources],
                                rows)
 
 
 def _accuracy_table(barriers: List[Record]) -> str:
   rows = [[r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", stats.format_ci(r["test_accuracy_ci"])]
           for r in barriers if r["measured_on"] == barriers[0]["measured_on"]]
-  return report.markdown_table(["model", "sparsity", "copies' test acc % [95% CI over seed means]"],
+  return logs.markdown_table(["model", "sparsity", "copies' test acc % [95% CI over seed means]"],
                                rows)
 
 
@@ -128,7 +128,5 @@ def study(root: str, jobs: Sequence[Record]) -> Dict[str, Any]:
     lines += ["## Instability vs rewind point", report.instability_table(instability),
               "![instability](pooled_instability.png)"]
   logs.write_json(os.path.join(root, "pooled.json"), out)
-  with open(os.path.join(root, "pooled.md.tmp"), "w") as f:
-    f.write("\n\n".join(lines) + "\n")
-  os.replace(os.path.join(root, "pooled.md.tmp"), os.path.join(root, "pooled.md"))
+  logs.write_text(os.path.join(root, "pooled.md"), "\n\n".join(lines) + "\n")
   return out

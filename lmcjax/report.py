@@ -5,7 +5,7 @@ results.json holds flat record lists (one per table), so
 """
 import json
 import os
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List
 
 from lmcjax import imp
 from lmcjax import logs
@@ -19,23 +19,9 @@ def check_config(config) -> None:
   del config  # reads only what the other stages wrote
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-  lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-  return "\n".join(lines)
-
-
-def read_jsonl(path: str) -> List[Dict[str, Any]]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def accuracy_records(workdir: str) -> List[Dict[str, Any]]:
   """IMP's retrained nets: one net per (source, round), Wilson CI over test examples."""
-  rows = read_jsonl(os.path.join(layout.imp_dir(workdir), "imp.jsonl"))
+  rows = logs.read_jsonl(os.path.join(layout.imp_dir(workdir), "imp.jsonl"))
   return [{"source": r["source"], "round": r["round"], "sparsity": r["sparsity"],
            "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"],
            "examples_seen": r["examples_seen"],
@@ -54,7 +40,7 @@ def accuracy_table(records: List[Dict[str, Any]]) -> str:
     by_round.setdefault(r["round"], {"sparsity": r["sparsity"]})[r["source"]] = cell
   rows = [[k, f"{100 * v['sparsity']:.1f}%"] + [v.get(s, "not retrained") for s in sources]
           for k, v in sorted(by_round.items())]
-  return markdown_table(["round", "sparsity"] + [f"{s} acc % [95% CI]" for s in sources], rows)
+  return logs.markdown_table(["round", "sparsity"] + [f"{s} acc % [95% CI]" for s in sources], rows)
 def data_cost_records(imp_summary: Dict[str, Any]) -> List[Dict[str, Any]]:
   cost = imp_summary.get("data_cost", {})
   return [{"source": src, **{k: v for k, v in c.items() if not isinstance(v, dict)}}
@@ -66,7 +52,7 @@ def data_cost_text(imp_summary: Dict[str, Any]) -> str:
   if not records:
     return "No IMP run."
   keys = sorted({k for r in records for k in r if k != "source"})
-  table = markdown_table(["source"] + keys, [[r["source"]] + [r.get(k, "") for k in keys]
+  table = logs.markdown_table(["source"] + keys, [[r["source"]] + [r.get(k, "") for k in keys]
                                              for r in records])
   ratio = imp_summary.get("data_cost", {}).get("real_over_distilled")
   if isinstance(ratio, dict):
@@ -120,7 +106,7 @@ def barrier_table(records: List[Dict[str, Any]]) -> str:
     return [r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r["measured_on"],
             stats.format_ci(r["error_barrier_ci"]),
             f"{100 * r['error_barrier_max']:.2f}", f"{r['loss_barrier_mean']:.3g}", acc]
-  return markdown_table(["model", "sparsity", "split/BN", "error barrier % [95% CI]",
+  return logs.markdown_table(["model", "sparsity", "split/BN", "error barrier % [95% CI]",
                          "max pair %", "loss barrier (mean)", "copies' test acc % [95% CI]"],
                         [row(r) for r in records])
 
@@ -173,7 +159,7 @@ def instability_table(records: List[Dict[str, Any]],
   models = list(dict.fromkeys(r["model"] for r in records))
   by = {(r["model"], r["epoch"]): r for r in records}
   rows = [[m] + [cell(by[m, e]) if (m, e) in by else "" for e in epochs] for m in models]
-  return markdown_table(["model"] + [f"rewind epoch {e:g}" for e in epochs], rows)
+  return logs.markdown_table(["model"] + [f"rewind epoch {e:g}" for e in epochs], rows)
 
 
 def hessian_table(records: List[Dict[str, Any]]) -> str:
@@ -193,7 +179,7 @@ def hessian_table(records: List[Dict[str, Any]]) -> str:
 
   rows = [[r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r.get("method", "hutchinson"),
            trace(r), top(r), r.get("num_examples", "")] for r in records]
-  return markdown_table(["model", "sparsity", "diagonal method", "trace of the diagonal",
+  return logs.markdown_table(["model", "sparsity", "diagonal method", "trace of the diagonal",
                          "top eigenvalue (Lanczos)", "examples"], rows)
 
 
@@ -237,7 +223,7 @@ def distill_text(d: Dict[str, Any], evaluation: Dict[str, Any], num_test: int) -
   on = f" on {d['model']}" if d.get("model") else ""
   text = (f"Method {d.get('method')}{on}, {d.get('ipc')} images per class; test accuracy % of "
           "fresh nets trained on each set:\n\n" +
-          markdown_table(["training set", "test accuracy % [95% CI]", "eval lr"], rows))
+          logs.markdown_table(["training set", "test accuracy % [95% CI]", "eval lr"], rows))
   if "distilled" in evaluation and "random_subset" in evaluation:
     diff = stats.paired_difference({0: evaluation["distilled"]["accuracies"]},
                                    {0: evaluation["random_subset"]["accuracies"]},
@@ -321,17 +307,15 @@ def write(workdir: str, summary: Dict[str, Any]) -> Dict[str, Any]:
   if "imp" in summary:
     sections += ["## Data cost", data_cost_text(summary["imp"])]
   sections += ["## Stage times", "Wall seconds of the run that finished each stage; a resumed "
-               "stage's earlier, interrupted attempts are not counted.", markdown_table(
+               "stage's earlier, interrupted attempts are not counted.", logs.markdown_table(
                    ["stage", "seconds", "resumed"],
                    [[k, v["seconds"], "yes" if v.get("resumed") else "no"]
                     for k, v in summary.items() if isinstance(v, dict) and "seconds" in v])]
   sections += ["## Config", "```json\n" + config_text.strip() + "\n```",
-               "## Software", markdown_table(["package", "version"],
+               "## Software", logs.markdown_table(["package", "version"],
                                              sorted(results["versions"].items()))]
   if logs.is_lead_process():
-    with open(os.path.join(workdir, "report.md.tmp"), "w") as f:
-      f.write("\n\n".join(sections) + "\n")
-    os.replace(os.path.join(workdir, "report.md.tmp"), os.path.join(workdir, "report.md"))
+    logs.write_text(os.path.join(workdir, "report.md"), "\n\n".join(sections) + "\n")
     logs.write_json(os.path.join(workdir, "results.json"), results)
   return results
 

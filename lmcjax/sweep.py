@@ -9,14 +9,13 @@ ROOT/<name>/sweep_job.json (its own overrides) before it starts.
 import copy
 import dataclasses
 import itertools
-import json
 import os
 import re
-import tempfile
 from typing import Any, Dict, List, Tuple
 
 import ml_collections
 
+from lmcjax import logs
 from lmcjax import validate
 
 MANIFEST = "sweep.json"
@@ -117,15 +116,6 @@ def config_for_job(config, index: int) -> Tuple[ml_collections.ConfigDict, str]:
   return apply_overrides(config, j.overrides), j.name
 
 
-def _write_json_unique_tmp(path: str, obj: Any) -> None:
-  # Array jobs start together and all write the same manifest: a private temp
-  # file per writer keeps a reader (or os.replace) from seeing a mix.
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)  # unsorted: overrides stay in axis order
-  os.replace(tmp, path)
-
-
 def job_record(j: Job) -> Dict[str, Any]:
   return {"index": j.index, "name": j.name, "overrides": j.overrides}
 
@@ -133,8 +123,12 @@ def job_record(j: Job) -> Dict[str, Any]:
 def write_manifest(config, root: str) -> None:
   """ROOT/sweep.json: every job of the sweep, so aggregate can report missing ones."""
   os.makedirs(root, exist_ok=True)
-  _write_json_unique_tmp(os.path.join(root, MANIFEST),
-                         {"num_jobs": num_jobs(config), "jobs": [job_record(j) for j in expand(config)]})
+  # Array jobs start together and all write this file: logs.atomic_write's
+  # private temporary file per writer keeps them from mixing. Unsorted keys:
+  # overrides stay in axis order.
+  logs.write_json(os.path.join(root, MANIFEST), {"num_jobs": num_jobs(config),
+                                                 "jobs": [job_record(j) for j in expand(config)]},
+                  sort_keys=False)
 
 
 def run_job(config, root: str, index: int) -> Dict[str, Any]:
@@ -144,5 +138,6 @@ def run_job(config, root: str, index: int) -> Dict[str, Any]:
   workdir = os.path.join(root, name)
   write_manifest(config, root)
   os.makedirs(workdir, exist_ok=True)
-  _write_json_unique_tmp(os.path.join(workdir, JOB_FILE), job_record(job(config, index)))
+  logs.write_json(os.path.join(workdir, JOB_FILE), job_record(job(config, index)),
+                  sort_keys=False)
   return pipeline.run(job_config, workdir)

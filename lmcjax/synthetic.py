@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmcjax import data
+from lmcjax import logs
 from lmcjax import validate
 from lmcjax import workdir as workdir_lib
 
@@ -24,24 +26,18 @@ def save(path: str, images, labels, meta: Dict[str, Any]) -> None:
   missing = [k for k in REQUIRED_META if k not in meta]
   validate.require(not missing, f"synthetic-set metadata lacks {missing}")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, images=np.asarray(images, np.float32), labels=np.asarray(labels, np.int32),
-           meta_json=np.array(json.dumps(meta, sort_keys=True)))
-  os.replace(tmp, path)
+  logs.write_npz(path, images=np.asarray(images, np.float32), labels=np.asarray(labels, np.int32),
+                 meta_json=np.array(json.dumps(meta, sort_keys=True)))
 
 
 def load(path: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
   """Reads (images, labels, meta) with no pickles and checks internal consistency."""
-  validate.require(os.path.isfile(path), f"distilled set not found: {path!r}")
+  arrays = data.read_npz(path, ("images", "labels", "meta_json"), "distilled set")
+  images, labels = arrays["images"], arrays["labels"]
   try:
-    with np.load(path, allow_pickle=False) as f:
-      missing = [k for k in ("images", "labels", "meta_json") if k not in f.files]
-      validate.require(not missing, f"{path}: missing arrays {missing}")
-      images, labels, meta = f["images"], f["labels"], json.loads(str(f["meta_json"]))
-  except (ValueError, OSError) as e:
-    if isinstance(e, validate.InputError):
-      raise
-    raise validate.InputError(f"{path}: not a readable synthetic-set npz ({e})") from e
+    meta = json.loads(str(arrays["meta_json"]))
+  except ValueError as e:
+    raise validate.InputError(f"{path}: meta_json is not JSON ({e})") from e
   validate.require(images.ndim == 4, f"{path}: images must be NHWC, got shape {images.shape}")
   validate.require(labels.shape == (images.shape[0],),
                    f"{path}: labels shape {labels.shape} does not match {images.shape[0]} images")
@@ -94,8 +90,9 @@ def load_checked(path: str, dataset) -> Tuple[np.ndarray, np.ndarray, Dict[str, 
   return images, labels, meta
 
 
-def load_decoded(path: str, dataset) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """The set as trained on: checked, IDC-decoded device arrays."""
+def load_decoded(path: str, dataset) -> Tuple[jnp.ndarray, jnp.ndarray, Dict[str, Any]]:
+  """(images, labels, meta) as trained on: checked, IDC-decoded device arrays."""
   images, labels, meta = load_checked(path, dataset)
-  return decode_multiformation(jnp.asarray(images), jnp.asarray(labels),
-                               int(meta.get("factor", 1)))
+  images, labels = decode_multiformation(jnp.asarray(images), jnp.asarray(labels),
+                                         int(meta.get("factor", 1)))
+  return images, labels, meta

@@ -46,3 +46,19 @@ def train_checkpoints(workdir: str, source: str, round_index: int) -> str:
 
 def analysis_dir(workdir: str) -> str:
   return os.path.join(workdir, "analysis")
+
+
+def analysis_model_dir(workdir: str, model: str) -> str:
+  """One analysed model's files ('dense' or 'SOURCE_rKK')."""
+  return os.path.join(analysis_dir(workdir), model)
+
+
+def instability_point_dir(workdir: str, model: str, step: int) -> str:
+  """The copies of one instability point: `model` from step `step` of the dense run."""
+  return os.path.join(analysis_dir(workdir), "instability", model, f"step_{step:07d}")
+
+
+def branch_copy(parent: str, copy: int) -> str:
+  """Orbax tree {'params', 'batch_stats'}: SGD-noise copy `copy` at the end of its training,
+  under an analysed model's or an instability point's directory."""
+  return os.path.join(parent, "copies", f"copy_{copy:02d}")

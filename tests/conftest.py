@@ -1,4 +1,5 @@
 """Shared test fixtures: tiny configs that exercise the real code paths."""
+import fcntl
 import os
 import sys
 
@@ -17,8 +18,35 @@ def smoke_config():
   return smoke.get_config()
 
 
-def run_main(*args, timeout=300):
-  """Runs launch/main.py in a subprocess; returns CompletedProcess."""
+# A whole pipeline on sklearn digits with an IMP round, a rewind point at step
+# 5 and every analysis, small. Logged every 10 steps for the training curves.
+PIPELINE = ("--config", "configs/imp_smoke.py",
+            "--config.stages=('train','imp','analysis','report')",
+            "--config.imp.rounds=1", "--config.imp.rewind_step=5", "--config.log_every_steps=10",
+            "--config.analysis.landscape.resolution=5", "--config.analysis.hessian.max_probes=8")
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory):
+  """(workdir, stderr) of one finished PIPELINE run, shared by the tests that only
+  read it. Under pytest-xdist the workers share it through a file lock (the
+  xdist recipe for a once-per-session fixture): it runs once, not per worker."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # this session's folder, common to its workers
+  workdir, log = root / "smoke_pipeline", root / "smoke_pipeline.stderr"
+  with open(root / "smoke_pipeline.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not log.exists():
+      done = run_main("--workdir", str(workdir), *PIPELINE)
+      assert done.returncode == 0, done.stderr[-2000:]
+      log.write_text(done.stderr)
+  return str(workdir), log.read_text()
+
+
+def run_main(*args, timeout=300, **kwargs):
+  """Runs launch/main.py in a subprocess; returns CompletedProcess. kwargs go to
+  subprocess.run (e.g. preexec_fn)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", "main.py"), *args],
-                        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs)

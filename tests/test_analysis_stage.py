@@ -12,9 +12,11 @@ from lmcjax.configs.parts import analysis as analysis_part
 from lmcjax.configs.parts import model as model_part
 from lmcjax import analysis
 from lmcjax import checkpoints
+from lmcjax import interpolate
 from lmcjax import logs
 from lmcjax import masks
 from lmcjax import pipeline
+from lmcjax import results
 from lmcjax import rng
 from lmcjax import runtime
 from lmcjax import synthetic
@@ -183,6 +185,17 @@ def test_instability_writes_its_curve_plot_and_numbers(tmp_path):
   assert data["models"]["dense"][0]["error_barriers"] == dense["error_barriers"]
   assert os.path.getsize(os.path.join(out, "instability.png")) > 1000
   assert np.load(os.path.join(out, "instability.npz"))["barriers/dense"].shape == (2, 3)
+  # The copies of each instability point are saved: reloaded, they give its barriers.
+  run = results.load(wd)
+  step = data["steps"][1]
+  names = [f"instability/real_r01/step_{step:07d}/copy_{i:02d}" for i in range(3)]
+  assert set(names) <= set(run.names("instability"))
+  path = interpolate.evaluate_path(run.model, run.variables(names[0]), run.variables(names[1]),
+                                   interpolate.default_alphas(5), run.setup.x_test,
+                                   run.setup.y_test, mask=run.mask(names[0]),
+                                   eval_batch_size=config.eval_batch_size,
+                                   alpha_chunk=a.alpha_chunk)
+  assert path["error_barrier"] == data["models"]["real_r01"][1]["error_barriers"][0]
 
 
 def test_missing_distilled_set_and_mask_are_clear_errors(tmp_path):

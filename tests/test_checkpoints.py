@@ -1,11 +1,19 @@
-"""Orbax round trips: exact values, tree checks, resumable train state."""
+"""Orbax round trips: exact values, tree checks, resumable train state, damaged files."""
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
 import chex
 import jax
+import numpy as np
 import pytest
 
 from lmcjax import checkpoints
 from lmcjax import train
 from lmcjax import validate
+from conftest import REPO
 from test_train import _setup
 
 
@@ -37,3 +45,53 @@ def test_state_checkpointer_resumes_the_exact_state(tmp_path):
   restored = checkpoints.StateCheckpointer(str(tmp_path / "c"), 1).restore_latest(fresh)
   chex.assert_trees_all_equal(restored, state)
   assert isinstance(restored, train.TrainState) and int(restored.step) == 3
+
+
+def _largest_data_file(directory):
+  """The biggest file in orbax's data folders ('d'): the one holding the arrays."""
+  files = [os.path.join(root, f) for root, _, names in os.walk(directory)
+           if os.path.basename(root) == "d" for f in names]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["truncated_data", "missing_metadata", "empty"])
+def test_truncated_checkpoint_is_one_line(tmp_path, damage):
+  state, _, _ = _setup("mlp")
+  path = str(tmp_path / "t")
+  checkpoints.save_tree(path, state.params)
+  if damage == "truncated_data":  # a copy cut short: the arrays' bytes end early
+    data = _largest_data_file(path)
+    with open(data, "r+b") as f:
+      f.truncate(os.path.getsize(data) // 2)
+  elif damage == "missing_metadata":
+    os.remove(os.path.join(path, "_METADATA"))
+  else:
+    shutil.rmtree(path)
+    os.makedirs(path)
+  with pytest.raises(validate.InputError, match=r"^mask .* is truncated or corrupt") as e:
+    checkpoints.load_tree(path, state.params, what="mask")
+  assert "\n" not in str(e.value)
+
+
+def test_failed_write_raises_os_error_and_keeps_the_earlier_tree(tmp_path):
+  """A file-size limit (a full disk for the writer) in a child process."""
+  script = f"""
+import resource, sys
+import numpy as np
+sys.path.insert(0, {REPO!r})
+from lmcjax import checkpoints
+path = sys.argv[1]
+checkpoints.save_tree(path, {{"w": np.zeros(10, np.float32)}})
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+  # Random values: orbax compresses, and a constant array would fit.
+  checkpoints.save_tree(path, {{"w": np.random.default_rng(0).standard_normal(100000).astype(np.float32)}})
+except OSError as e:
+  print("OSError", e.errno, e.filename)
+"""
+  path = str(tmp_path / "t")
+  done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
+                        timeout=120)
+  assert f"OSError {errno.EFBIG} {path}" in done.stdout, done.stderr[-2000:]
+  kept = checkpoints.load_tree(path, {"w": np.ones(10, np.float32)})
+  np.testing.assert_array_equal(kept["w"], np.zeros(10, np.float32))

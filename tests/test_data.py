@@ -86,6 +86,40 @@ def test_npz_missing_file_and_arrays(tmp_path):
     data.load_npz(path)
 
 
+def _damaged(path, how):
+  """A copy of `path` cut short or with one byte flipped, as a failed copy leaves it."""
+  raw = open(path, "rb").read()
+  raw = raw[:len(raw) // 2] if how == "truncated" else raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:]
+  out = f"{path}.{how}.npz"
+  open(out, "wb").write(raw)
+  return out
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "empty"])
+def test_truncated_or_corrupt_npz_is_one_line(tmp_path, how):
+  path = _write_npz(tmp_path)
+  bad = _damaged(path, how) if how != "empty" else str(tmp_path / "empty.npz")
+  if how == "empty":
+    open(bad, "wb").close()
+  with pytest.raises(validate.InputError, match="is truncated or corrupt") as e:
+    data.load_npz(bad)
+  assert bad in str(e.value) and "\n" not in str(e.value)
+
+
+def test_labels_with_gaps_are_refused_unless_the_class_count_is_declared(tmp_path):
+  gapped = dict(y_train=(np.arange(20, dtype=np.int32) % 10) * 5,
+                y_test=(np.arange(8, dtype=np.int32) % 8) * 5)
+  path = _write_npz(tmp_path, **gapped)
+  with pytest.raises(validate.InputError, match=r"leave gaps .* read as 46 classes; relabel them "
+                     r"0\.\.9, or declare .* config.data.num_classes = 46"):
+    data.load_npz(path)
+  assert data.load_npz(path, num_classes=46).num_classes == 46
+  cfg = _data_cfg(name="npz", npz_path=path, num_classes=46)
+  assert data.load(cfg).num_classes == 46
+  with pytest.raises(validate.InputError, match="num_classes=10: declare it .* only for"):
+    data.check_config(_data_cfg(name="digits", num_classes=10))
+
+
 def test_unprepared_tfds_dataset_fails_fast_with_one_line(tmp_path):
   cfg = _data_cfg(name="cifar10", data_dir=str(tmp_path))
   start = time.perf_counter()

@@ -162,6 +162,18 @@ def test_bad_distilled_file_is_rejected(tmp_path, change, message):
     synthetic.load_checked(path, tiny_dataset())
 
 
+def test_truncated_distilled_set_is_one_line(tmp_path):
+  path = str(tmp_path / "synthetic.npz")
+  synthetic.save(path, np.zeros((C, HW, HW, 1), np.float32), np.arange(C),
+                 {"method": "dm", "ipc": 1, "dataset": "tiny", "mean": [0.5], "std": [0.25],
+                  "factor": 1})
+  raw = open(path, "rb").read()
+  open(path, "wb").write(raw[:len(raw) // 2])  # a copy cut short
+  with pytest.raises(validate.InputError, match="distilled set is truncated or corrupt") as e:
+    stage.load_external(path, tiny_dataset())
+  assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("ipc", 0, "distill.ipc"),
     ("method", "kip", "distill.method"),

@@ -1,6 +1,7 @@
 """launch/main.py end to end, config overrides and one-line errors."""
 import json
 import os
+import resource
 
 import pytest
 
@@ -51,6 +52,38 @@ def test_unwritable_workdir_fails_before_compute(tmp_path):
   result = run_main("--config", "configs/smoke.py", "--workdir", str(blocker / "run"), timeout=60)
   last = result.stderr.strip().splitlines()[-1]
   assert result.returncode != 0 and last.startswith("lmcjax: error: cannot write workdir"), last
+
+
+def _limit_file_size():
+  resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+
+def test_full_disk_mid_run_is_one_line_and_leaves_no_torn_file(tmp_path):
+  """A file-size limit in the child plays the full disk: the dense run's
+  checkpoint (> 50 kB) cannot be written, after the small files were."""
+  result = run_main("--config", "configs/smoke.py", "--workdir", str(tmp_path),
+                    "--config.train.epochs=1", preexec_fn=_limit_file_size)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0, result.stderr[-1500:]
+  assert last.startswith("lmcjax: error: cannot write") and "File too large" in last, last
+  assert last.endswith("results written so far are complete, the rest is not")
+  written = [os.path.join(root, f) for root, _, files in os.walk(tmp_path) for f in files]
+  assert not [f for f in written if ".tmp" in f or ".saving" in f]
+  for f in written:
+    if f.endswith(".json"):
+      json.load(open(f))  # complete, or not there at all
+  assert not [d for d, _, _ in os.walk(tmp_path) if d.endswith(os.sep + "final")]
+
+
+def test_truncated_npz_dataset_is_one_line_before_compute(tmp_path):
+  path = tmp_path / "data.npz"
+  path.write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a zip header, then nothing
+  result = run_main("--config", "configs/smoke.py", "--workdir", str(tmp_path / "run"),
+                    "--config.data.name=npz", f"--config.data.npz_path={path}", timeout=120)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-1500:]
+  assert last == (f"lmcjax: error: {path}: npz file is truncated or corrupt (BadZipFile: File is "
+                  "not a zip file); copy or write it again"), last
 
 
 def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):

@@ -6,12 +6,8 @@ import subprocess
 import sys
 import time
 
+from conftest import PIPELINE
 from conftest import REPO
-
-PIPELINE = ("--config", "configs/imp_smoke.py",
-            "--config.stages=('train','imp','analysis','report')",
-            "--config.imp.rounds=1", "--config.analysis.landscape.resolution=5",
-            "--config.analysis.hessian.max_probes=8")
 
 
 def _main(workdir):
@@ -39,10 +35,8 @@ def _results(workdir):
     return json.load(f)
 
 
-def test_sigkill_during_stages_then_rerun_gives_bit_identical_results(tmp_path):
-  whole, killed = tmp_path / "whole", tmp_path / "killed"
-  done = subprocess.run(_main(whole), cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-2000:]
+def test_sigkill_during_stages_then_rerun_gives_bit_identical_results(tmp_path, smoke_pipeline):
+  whole, killed = smoke_pipeline[0], tmp_path / "killed"
 
   codes = [_run_killed_when(killed, "stages/imp.inputs.json", 1.0),
            _run_killed_when(killed, "stages/analysis.inputs.json", 1.0)]

@@ -9,19 +9,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmcjax.distill import core
-from lmcjax.distill import evaluate
-from lmcjax.distill import experts
-from lmcjax.distill import methods
 from lmcjax import augment
 from lmcjax import logs
 from lmcjax import models
+from lmcjax import plots
+from lmcjax import progress
 from lmcjax import rng
 from lmcjax import runtime
 from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
 from lmcjax import workdir as workdir_lib
+from lmcjax.distill import core
+from lmcjax.distill import evaluate
+from lmcjax.distill import experts
+from lmcjax.distill import methods
 
 METHODS = ("dc", "idc", "mtt", "dm")
 
@@ -158,6 +160,7 @@ def run_outer(method: methods.Method, tx, learn, iterations: int, key, *,
   step = step or jax.jit(method.step, donate_argnums=(0, 1))
   opt_state, ctx, pending = tx.init(learn), None, []
   tick = first = None
+  shown = progress.Progress("distill", iterations, "iterations")
   for it in range(iterations):
     k = jax.random.fold_in(key, it)
     ctx = method.next_context(it, ctx, jax.random.fold_in(k, 0))
@@ -174,32 +177,12 @@ def run_outer(method: methods.Method, tx, learn, iterations: int, key, *,
       if log is not None:
         log.write("distill", done, {"matching_loss": float(losses.mean())})
       pending = []
+    shown.update(done, wait=loss)
   jax.block_until_ready(learn)
   per_iter = (time.perf_counter() - tick) / max(1, iterations - 1)
   return learn, {"first_loss": first, "last_loss": float(losses[-1]), "seconds_per_iteration": per_iter}
 
 
-def save_grid(path: str, images, labels, mean, std, max_per_class: int = 10) -> None:
-  """PNG grid: one row per class, up to max_per_class stored images, de-normalised."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  images, labels = np.asarray(images), np.asarray(labels)
-  classes = np.unique(labels)
-  cols = min(max_per_class, max(int(np.sum(labels == c)) for c in classes))
-  fig, axes = plt.subplots(len(classes), cols, figsize=(cols, len(classes)), squeeze=False)
-  pixels = np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
-  for r, c in enumerate(classes):
-    row = pixels[labels == c]
-    for j in range(cols):
-      ax = axes[r, j]
-      ax.axis("off")
-      if j < len(row):
-        img = row[j]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-  fig.tight_layout(pad=0.1)
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 def eval_spec_for(d, meta: Dict[str, Any]):
@@ -273,7 +256,8 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
       meta["lr"] = float(jnp.exp(learn["log_lr"]))
   # A loaded set is copied too: later stages read one place.
   synthetic.save(workdir_lib.distilled_set(workdir), images, labels, meta)
-  save_grid(os.path.join(out_dir, "grid.png"), images, labels, s.dataset.mean, s.dataset.std)
+  plots.plot_image_grid(os.path.join(out_dir, "grid"), images, labels, s.dataset.mean,
+                        s.dataset.std)
   result = evaluate_set(s, d, model, images, labels, meta, initial_images)
   logs.write_json(os.path.join(out_dir, "eval.json"), result)
   summary.update({k: {"mean": v["mean"], "std": v["std"], "lr": v["lr"]} for k, v in result.items()})
