@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from configs import default
+from lmcjax import engine
 from lmcjax import experiment
 from lmcjax import masks
 from lmcjax import models
@@ -170,7 +171,7 @@ def test_same_config_twice_is_bit_identical(smoke_config):
   smoke_config.train.epochs = 1
   runs = []
   for _ in range(2):
-    train._compiled_run.cache_clear()  # pylint: disable=protected-access  # a fresh compile must not change the result
+    engine._train_program.cache_clear()  # pylint: disable=protected-access  # a fresh compile must not change the result
     s = experiment.setup(smoke_config)
     runs.append(experiment.train_run(s, smoke_config.train, s.init_params, s.init_batch_stats,
                                      None, seed_path=("dense",), stage="train").state.params)
