@@ -19,8 +19,8 @@ import numpy as np
 
 import bench_analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import pipeline
 from lmcjax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position

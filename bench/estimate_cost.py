@@ -36,6 +36,7 @@ import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-posi
 from lmcjax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import dense  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.distill import stage as distill_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import imp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -62,8 +63,9 @@ def flops_per_example(model_cfg, spec, num_classes, image_shape):
   (augmentation included), from XLA's cost analysis, and its parameter count."""
   model = models.create(model_cfg, num_classes)
   batch = spec.batch_size
-  _, init, step = train.compiled_run(model, spec, num_classes, 1000)
-  state = init(jax.random.PRNGKey(0), jax.random.PRNGKey(1), jnp.zeros(image_shape))
+  program = engine.train_program(model, spec, num_classes, 1000)
+  step = program.step
+  state = program.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1), jnp.zeros(image_shape))
   data = {"image": jnp.zeros((batch,) + tuple(image_shape)), "label": jnp.zeros((batch,), jnp.int32)}
   evaluate = jax.jit(train.make_eval_fn(model, batch))
   forward = evaluate.lower(state.params, state.batch_stats, data["image"], data["label"])

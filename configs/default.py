@@ -16,10 +16,10 @@ from lmcjax.configs.parts import analysis as analysis_part
 from lmcjax.configs.parts import augment as augment_part
 from lmcjax.configs.parts import distill as distill_part
 from lmcjax.configs.parts import imp as imp_part
+from lmcjax.configs.parts import model as model_part
 from lmcjax.configs.parts import parallel as parallel_part
 from lmcjax.configs.parts import sweep as sweep_part
 from lmcjax.configs.parts import train as train_part
-from lmcjax.configs.parts import model as model_part
 
 
 def get_config(model: str = "lenet300") -> ml_collections.ConfigDict:

@@ -33,8 +33,8 @@ import numpy as np
 
 from lmcjax import interpolate
 from lmcjax import masks
-from lmcjax import progress
 from lmcjax import models
+from lmcjax import progress
 from lmcjax import train
 from lmcjax import validate
 

@@ -120,7 +120,7 @@ def shard_batch(batch: Dict[str, Any], mesh: Mesh) -> Dict[str, jax.Array]:
 
 
 class BatchPlacer:
-  """train.fit's place_batch hook for one mesh; also replicates what the step reads."""
+  """engine.run's placer for one mesh: shards each batch, replicates what the step reads."""
 
   def __init__(self, mesh: Mesh):
     self.mesh = mesh

@@ -17,6 +17,7 @@ import numpy as np
 
 from lmcjax import checkpoints
 from lmcjax import data as data_lib
+from lmcjax import engine
 from lmcjax import logs
 from lmcjax import masks
 from lmcjax import models
@@ -88,7 +89,7 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   is an exact prefix of the full run (a rewind point at step k). With
   start_step = k, (params, batch_stats) are taken as the run's state at step k
   (Frankle et al.'s rewinding): it trains the remaining steps k..T-1 with the
-  schedule continued at k and a fresh optimizer. on_step: see train.fit.
+  schedule continued at k and a fresh optimizer. on_step: see engine.run.
   The caller's arrays are copied, never donated.
   """
   images = s.x_train if images is None else images
@@ -98,27 +99,19 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   batch = train.effective_batch(spec, n)
   validate.require(0 <= start_step <= num_steps, f"rewind step {start_step} is beyond the "
                    f"{num_steps} steps of this run (epochs={spec.epochs})")
-  tx, _, step_fn = train.compiled_run(s.model, spec, s.dataset.num_classes, num_steps,
-                                      start_step=start_step)
-  # The jitted step donates the state; copy so the caller's trees survive.
-  params, batch_stats = jax.tree.map(jnp.array, (params, batch_stats))
+  program = engine.train_program(s.model, spec, s.dataset.num_classes, num_steps, start_step)
   if mask is not None:
     params = masks.apply(params, mask)
-  aug_key = rng.named_key(s.config.seeds.augment, "augment", *seed_path)
-  state = train.create_state(params, batch_stats, tx, aug_key, start_step)
+  copy = engine.seeded_copy(program, params, batch_stats, s.config.seeds, seed_path, images,
+                            labels, batch, start_step, stage)
   checkpointer = None
   if checkpoint_dir:
     checkpointer = checkpoints.StateCheckpointer(checkpoint_dir, s.config.checkpoint_every_steps)
-    state = checkpointer.restore_latest(state) or state
-  order = train.BatchOrder(rng.named_key(s.config.seeds.data_order, "order", *seed_path), n, batch)
-  placer = parallel.batch_placer(s.config)
-  if placer:  # data-parallel: the state and mask live on every device of the mesh
-    state, mask = placer.replicate((state, mask))
+    copy.state = checkpointer.restore_latest(copy.state) or copy.state
   end = num_steps if stop_step is None else min(stop_step, num_steps)
-  state = train.fit(state, step_fn, images, labels, mask, order, end, stage=stage,
-                    log_every=s.config.log_every_steps,
-                    on_log=log.logger(stage) if log else None, checkpointer=checkpointer,
-                    place_batch=placer, on_step=on_step)
+  state, _ = engine.run(program, copy, mask, end, log_every=s.config.log_every_steps,
+                        on_log=log.logger(stage) if log else None, checkpointer=checkpointer,
+                        placer=parallel.batch_placer(s.config), on_step=on_step)
   if checkpointer:
     checkpointer.close()
   test = evaluate(s, state.params, state.batch_stats) if evaluate_test else {}

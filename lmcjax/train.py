@@ -1,13 +1,11 @@
-"""Pure masked training: optimizer, train state, train_step, eval, and the loop.
+"""Pure masked training: optimizer, train state, train_step, eval and data order.
 
 A train spec (a ConfigDict: epochs, batch_size, optimizer, lr, schedule,
 augment, ...) describes one training run; IMP rounds, distilled-set training
-and SGD-noise branches all use it with their own values.
+and SGD-noise branches all use it with their own values. lmcjax.engine
+compiles the step and runs the loop.
 """
-import functools
-import json
 import math
-import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -178,40 +176,6 @@ def make_train_step(model, tx, augment_cfg, num_classes: int) -> Callable:
   return train_step
 
 
-def compiled_run(model, spec, num_classes: int, num_steps: int, vmapped: bool = False,
-                 start_step: int = 0):
-  """See _compiled_run. The cache key is the spec's sorted JSON (a ConfigDict is
-  not hashable), and one entry serves whether vmapped is passed or not."""
-  spec_json = spec.to_json_best_effort(sort_keys=True)
-  return _compiled_run(model, spec_json, num_classes, num_steps, bool(vmapped), int(start_step))
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_run(model, spec_json: str, num_classes: int, num_steps: int, vmapped: bool,
-                  start_step: int):
-  """(tx, jitted init, jitted train_step) of one (model, spec, length), built once.
-
-  start_step: the step a rewound run starts at (make_schedule).
-
-  init(init_key, aug_key, image) -> TrainState. vmapped=True maps both over a
-  leading axis of keys and states (the batch too): K independent nets as one
-  program. The state is donated: its buffers are reused for the next state,
-  which halves peak parameter memory; the batch and mask are read-only.
-  """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  spec = ml_collections.ConfigDict(json.loads(spec_json))
-  tx = make_optimizer(spec, num_steps, start_step)
-  step = make_train_step(model, tx, spec.augment, num_classes)
-
-  def init(init_key, aug_key, image):
-    params, stats = init_variables(model, init_key, image.shape)
-    return create_state(params, stats, tx, aug_key)
-
-  if vmapped:
-    init, step = jax.vmap(init, in_axes=(0, 0, None)), jax.vmap(step, in_axes=(0, 0, None))
-  return tx, jax.jit(init), jax.jit(step, donate_argnums=0)
-
-
 def make_eval_fn(model, batch_size: int = 1000) -> Callable:
   """Returns pure `evaluate(params, batch_stats, images, labels) -> {loss, accuracy}`.
 
@@ -297,58 +261,3 @@ def data_cost(num_steps: int, batch_size: int, num_examples: int) -> Dict[str, i
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or inf loss."""
-
-
-def _first_nonfinite(pending, stage: str):
-  """Raises naming the first step in `pending` [(step, metrics)] with a bad loss."""
-  if not pending:
-    return
-  losses = np.asarray(jax.device_get(jnp.stack([m["loss"] for _, m in pending])))
-  bad = np.flatnonzero(~np.isfinite(losses))
-  if bad.size:
-    step = pending[bad[0]][0]
-    raise NonFiniteLossError(f"non-finite loss {losses[bad[0]]} in stage {stage!r} at step {step}; "
-                             "the last good checkpoint is kept")
-
-
-def fit(state: TrainState, step_fn: Callable, images, labels, mask, order: BatchOrder,
-        num_steps: int, *, stage: str = "train", log_every: int = 0,
-        on_log: Optional[Callable[[int, Dict[str, float]], None]] = None,
-        checkpointer=None, place_batch: Optional[Callable] = None,
-        on_step: Optional[Callable[[int, TrainState, Dict[str, Any]], None]] = None) -> TrainState:
-  """Runs step_fn from state.step to num_steps.
-
-  place_batch, if given, maps the host batch to device arrays (data-parallel
-  sharding). on_step(done, state, metrics), if given, sees the state after
-  every step before the next step donates it (rewind-point snapshots). Losses are checked for NaN/inf at every log and checkpoint step (checking
-  every step would force a device sync per step); a bad loss raises
-  NonFiniteLossError naming the exact step, before any bad state is saved.
-  """
-  pending = []
-  start_step = int(state.step)
-  tick, tick_step = time.perf_counter(), start_step
-  for step in range(start_step, num_steps):
-    idx = order.indices(step)
-    batch = {"image": images[idx], "label": labels[idx]}
-    state, metrics = step_fn(state, place_batch(batch) if place_batch else batch, mask)
-    pending.append((step, metrics))
-    done = step + 1
-    if on_step is not None:
-      on_step(done, state, metrics)
-    logging_now = log_every and (done % log_every == 0 or done == num_steps)
-    saving_now = checkpointer is not None and (checkpointer.due(done) or done == num_steps)
-    if logging_now or saving_now:
-      _first_nonfinite(pending, stage)
-      if logging_now and on_log is not None:
-        means = jax.device_get({k: jnp.mean(jnp.stack([m[k] for _, m in pending]))
-                                for k in pending[0][1]})
-        elapsed = time.perf_counter() - tick
-        means = {k: float(v) for k, v in means.items()}
-        means["examples_per_s"] = (done - tick_step) * order.b / max(elapsed, 1e-9)
-        on_log(done, means)
-        tick, tick_step = time.perf_counter(), done
-      pending = []
-      if saving_now:
-        checkpointer.save(done, state)
-  _first_nonfinite(pending, stage)
-  return state

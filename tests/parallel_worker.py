@@ -24,9 +24,10 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
-from lmcjax.configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
-from lmcjax.configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
 from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import parallel as parallel_config  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
+from lmcjax import engine  # pylint: disable=g-import-not-at-top
 from lmcjax import masks  # pylint: disable=g-import-not-at-top
 from lmcjax import models  # pylint: disable=g-import-not-at-top
 from lmcjax import parallel  # pylint: disable=g-import-not-at-top
@@ -71,17 +72,14 @@ def run(config, batch_size: int = BATCH):
   spec = train_part.train_spec(epochs=1, batch_size=batch_size,  # STEPS steps run, whatever epochs
                             lr=0.1, momentum=0.9, weight_decay=5e-3, schedule="constant")
   params, stats = train.init_variables(model, jax.random.PRNGKey(0), images.shape[1:])
-  tx = train.make_optimizer(spec, STEPS)
-  state = train.create_state(params, stats, tx, jax.random.PRNGKey(1))
-  mask = half_mask(params)
-  step = jax.jit(train.make_train_step(model, tx, spec.augment, 10), donate_argnums=0)
-  placer = parallel.batch_placer(config)
-  if placer:
-    state, mask = placer.replicate((state, mask))
+  program = engine.train_program(model, spec, 10, STEPS)
+  copy = engine.Copy(train.create_state(params, stats, program.tx, jax.random.PRNGKey(1)),
+                     train.BatchOrder(jax.random.PRNGKey(2), NUM_EXAMPLES, batch_size),
+                     images, labels, "train")
   losses = []
-  state = train.fit(state, step, images, labels, mask, train.BatchOrder(
-      jax.random.PRNGKey(2), NUM_EXAMPLES, batch_size), STEPS, log_every=1,
-                    on_log=lambda _, m: losses.append(m["loss"]), place_batch=placer)
+  state, _ = engine.run(program, copy, half_mask(params), STEPS, log_every=1,
+                        on_log=lambda _, m: losses.append(m["loss"]),
+                        placer=parallel.batch_placer(config))
   # Evaluation reads the replicated params with the process-local test split.
   test = jax.jit(train.make_eval_fn(model, 32))(state.params, state.batch_stats, images, labels)
   return state, losses, {k: float(v) for k, v in test.items()}

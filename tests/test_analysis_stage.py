@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmcjax.configs import default
-from lmcjax.configs.parts import train as train_part
-from lmcjax.configs.parts import analysis as analysis_part
-from lmcjax.configs.parts import model as model_part
 from lmcjax import analysis
 from lmcjax import checkpoints
+from lmcjax.configs import default
+from lmcjax.configs.parts import analysis as analysis_part
+from lmcjax.configs.parts import model as model_part
+from lmcjax.configs.parts import train as train_part
 from lmcjax import interpolate
 from lmcjax import logs
 from lmcjax import masks

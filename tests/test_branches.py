@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmcjax.configs import default
-from lmcjax.configs.parts import train as train_part
-from lmcjax.configs.parts import model as model_part
 from lmcjax import branches
+from lmcjax.configs import default
+from lmcjax.configs.parts import model as model_part
+from lmcjax.configs.parts import train as train_part
 from lmcjax import runtime
 from lmcjax import validate
 

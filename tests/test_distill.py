@@ -21,6 +21,7 @@ from lmcjax.distill import stage
 from lmcjax import models
 from lmcjax import pipeline
 from lmcjax import synthetic
+from lmcjax import train
 from lmcjax import validate
 
 C, PER_CLASS, HW = 3, 12, 8
@@ -236,6 +237,15 @@ def test_per_seed_sets_train_each_net_on_its_own_set():
   np.testing.assert_allclose(_eval([first, second], vmapped=True)["accuracies"], own, atol=1e-6)
   with pytest.raises(validate.InputError, match="must hold 6 images"):
     _eval([first, (x[:5], y[:5])], vmapped=False)
+
+
+def test_a_diverging_vmapped_evaluation_raises_naming_the_net():
+  x, y = tiny_data()
+  spec = tiny_config("dm").distill.eval.spec
+  spec.epochs, spec.augment.kind, spec.lr = 4, "none", 1e8
+  with pytest.raises(train.NonFiniteLossError, match=r"in stage 'distill eval net \d' at step"):
+    stage.evaluate.train_and_test(tiny_model(), spec, x[::6], y[::6], x, y, C, 2,
+                                  jax.random.PRNGKey(0), vmapped=True)
 
 
 @pytest.mark.parametrize("learned_lr, meta, expected", [

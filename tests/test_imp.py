@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmcjax.configs import imp_smoke
 from lmcjax import checkpoints
+from lmcjax.configs import imp_smoke
 from lmcjax import dense
 from lmcjax import imp
 from lmcjax import logs

@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from lmcjax.configs import default
-from lmcjax.configs.parts import train as train_part
-from lmcjax.configs.parts import model as model_part
 from lmcjax import branches
 from lmcjax import checkpoints
+from lmcjax.configs import default
+from lmcjax.configs.parts import model as model_part
+from lmcjax.configs.parts import train as train_part
 from lmcjax import dense
 from lmcjax import imp
 from lmcjax import logs

@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from lmcjax.configs.parts import sweep as sweep_config
 from lmcjax import aggregate
+from lmcjax.configs.parts import sweep as sweep_config
 from lmcjax import logs
 from lmcjax import sweep
 from lmcjax import validate

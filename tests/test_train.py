@@ -7,8 +7,9 @@ import optax
 import pytest
 
 from lmcjax.configs import default
-from lmcjax.configs.parts import train as train_part
 from lmcjax.configs.parts import model as model_part
+from lmcjax.configs.parts import train as train_part
+from lmcjax import engine
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import runtime
@@ -173,7 +174,7 @@ def test_same_config_twice_is_bit_identical(smoke_config):
   smoke_config.train.epochs = 1
   runs = []
   for _ in range(2):
-    train._compiled_run.cache_clear()  # pylint: disable=protected-access  # a fresh compile must not change the result
+    engine._train_program.cache_clear()  # pylint: disable=protected-access  # a fresh compile must not change the result
     s = runtime.setup(smoke_config)
     runs.append(runtime.train_run(s, smoke_config.train, s.init_params, s.init_batch_stats,
                                      None, seed_path=("dense",), stage="train").state.params)

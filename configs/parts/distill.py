@@ -8,8 +8,8 @@ without retuning. Presets: configs/distill_*.py.
 """
 import ml_collections
 
-from lmcjax.configs.parts import train as train_part
 from lmcjax.configs.parts import model as model_part
+from lmcjax.configs.parts import train as train_part
 
 
 def eval_spec():

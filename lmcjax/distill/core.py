@@ -139,27 +139,35 @@ def logits_loss(model, params, images, labels, num_classes: int):
   return train.cross_entropy(logits, jax.nn.one_hot(labels, num_classes))
 
 
+def sgd_step(model, params, images, labels, lr, key, num_classes: int,
+             aug: Optional[Callable] = None):
+  """One plain SGD step on a batch: (params - lr * grad, loss). aug, if given,
+  transforms the batch with `key` first."""
+  if aug is not None:
+    images = aug(key, images)
+  loss, g = jax.value_and_grad(logits_loss, argnums=1)(model, params, images, labels, num_classes)
+  return jax.tree.map(lambda a, b: a - lr * b, params, g), loss
+
+
 def inner_sgd(model, params, images, labels, indices, lr, key, num_classes: int,
               aug: Optional[Callable] = None, remat: bool = False, unroll: bool = False):
-  """THE inner-training primitive: plain SGD on rows of `indices` (T, B) with lax.scan.
+  """THE inner-training primitive: sgd_step on rows of `indices` (T, B) with lax.scan.
 
   Pure and differentiable in params, images and lr, so MTT can backpropagate
-  through the unroll; DC trains its matching net with it and MTT's experts are
-  trained with it (vmapped). With remat each step is rematerialised in the
-  backward pass, so activation memory stays flat in T (parameters are still
-  kept per step). unroll=True unrolls the scan: XLA:CPU runs convolutions
-  inside a while loop ~15x slower than unrolled (measured on ConvNet-3), so
-  CPU runs unroll; accelerator runs keep the rolled loop (compile time and
-  memory flat in T). Returns (params, per-step losses).
+  through the unroll; DC trains its matching net with it, and MTT's experts
+  take the same sgd_step (experts.py). Step i augments with fold_in(key, i).
+  With remat each step is rematerialised in the backward pass, so activation
+  memory stays flat in T (parameters are still kept per step). unroll=True
+  unrolls the scan: XLA:CPU runs convolutions inside a while loop ~15x slower
+  than unrolled (measured on ConvNet-3), so CPU runs unroll; accelerator runs
+  keep the rolled loop (compile time and memory flat in T). Returns (params,
+  per-step losses).
   """
 
   def step(p, inp):
     i, idx = inp
-    x = images[idx]
-    if aug is not None:
-      x = aug(jax.random.fold_in(key, i), x)
-    loss, g = jax.value_and_grad(logits_loss, argnums=1)(model, p, x, labels[idx], num_classes)
-    return jax.tree.map(lambda a, b: a - lr * b, p, g), loss
+    return sgd_step(model, p, images[idx], labels[idx], lr, jax.random.fold_in(key, i),
+                    num_classes, aug)
 
   body = jax.checkpoint(step) if remat else step
   steps = jnp.arange(indices.shape[0])

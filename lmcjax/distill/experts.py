@@ -1,9 +1,12 @@
 """MTT experts: networks trained on real data, parameters saved every epoch.
 
-Experts are trained with the shared inner primitive (plain SGD, as MTT's
-buffer.py: no momentum, no weight decay), vmapped over experts. Epoch e of all
-experts is one orbax tree DIR/distill/experts/epoch_EEE holding the params
-stacked on a leading expert axis.
+Experts take MTT's inner step (core.sgd_step: plain SGD, as MTT's buffer.py:
+no momentum, no weight decay), trained by the engine (engine.run_copies),
+vmapped over experts. Expert i draws its data order and augmentation from
+keys folded with i; step t augments with fold_in(its key, t), as every
+engine run does. Epoch e of all experts is one orbax tree
+DIR/distill/experts/epoch_EEE holding the params stacked on a leading expert
+axis.
 """
 import os
 import time
@@ -11,10 +14,10 @@ from typing import Any, Callable, List, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lmcjax import checkpoints
 from lmcjax.distill import core
+from lmcjax import engine
 from lmcjax import train
 from lmcjax import validate
 
@@ -25,14 +28,23 @@ def epoch_path(directory: str, epoch: int) -> str:
   return os.path.join(directory, f"epoch_{epoch:03d}")
 
 
-def make_epoch_fn(model, x, y, num_classes: int, lr: float, aug, unroll: bool = False) -> Callable:
-  """One expert epoch: `epoch(params, indices (T, B), key) -> params` (pure)."""
+def expert_program(model, num_classes: int, lr: float, aug, unroll: bool = False) -> engine.Program:
+  """The engine Program of one expert: a params-only state (no optimizer, no
+  batch stats) and core.sgd_step."""
 
-  def epoch(params, indices, key):
-    return core.inner_sgd(model, params, x, y, indices, lr, key, num_classes, aug,
-                          unroll=unroll)[0]
+  def init(init_key, aug_key, image):
+    params = train.init_variables(model, init_key, image.shape)[0]
+    return train.TrainState(step=jnp.asarray(0, jnp.int32), params=params, batch_stats={},
+                            opt_state=(), rng=aug_key)
 
-  return epoch
+  def step(state, batch, mask):
+    del mask  # experts are dense
+    key = jax.random.fold_in(state.rng, state.step)
+    params, loss = core.sgd_step(model, state.params, batch["image"], batch["label"], lr, key,
+                                 num_classes, aug)
+    return state.replace(step=state.step + 1, params=params), {"loss": loss}
+
+  return engine.Program(step, jax.jit(init), unroll=unroll)
 
 
 def init_experts(model, key, image_shape, num_experts: int) -> PyTree:
@@ -41,43 +53,35 @@ def init_experts(model, key, image_shape, num_experts: int) -> PyTree:
   return jax.vmap(lambda k: train.init_variables(model, k, image_shape)[0])(keys)
 
 
-def epoch_indices(order_key, n: int, batch: int, num_experts: int, epoch: int) -> np.ndarray:
-  """(experts, steps, batch) data order for one epoch; each expert its own order."""
-  steps = max(1, n // batch)
-  return np.stack([train.BatchOrder(jax.random.fold_in(order_key, i), n, batch)
-                   .block(epoch * steps, steps) for i in range(num_experts)])
-
-
 def train_experts(model, x, y, num_classes: int, cfg, key, directory: str = "",
                   vmapped: bool = True, aug=None) -> Tuple[List[PyTree], List[float]]:
   """Trains cfg.num_experts experts for cfg.num_expert_epochs epochs.
 
   Returns the trajectory [epoch 0 .. E] of stacked params (host numpy) and the
-  seconds of each epoch (the first includes compilation; saving excluded). With `directory`, every epoch is saved.
-  vmapped=False trains the experts one after another with the same jitted
-  epoch (the bench's comparison).
+  seconds of each epoch (the first includes compilation; saving excluded).
+  With `directory`, every epoch is saved. An epoch is n // batch steps.
+  vmapped=False trains the experts one after another with the Python-driven
+  step (the bench's comparison). A NaN/inf loss raises NonFiniteLossError.
   """
   k_init, k_order, k_aug = jax.random.split(key, 3)
-  params = init_experts(model, k_init, x.shape[1:], cfg.num_experts)
-  epoch = make_epoch_fn(model, x, y, num_classes, cfg.lr_teacher, aug, cfg.unroll)
-  run = jax.jit(jax.vmap(epoch)) if vmapped else jax.jit(epoch)
+  program = expert_program(model, num_classes, cfg.lr_teacher, aug, cfg.unroll)
   batch = min(cfg.batch_teacher, x.shape[0])
+  steps = max(1, x.shape[0] // batch)
+  copies = [engine.fresh_copy(program, k, jax.random.fold_in(k_aug, i), jax.random.fold_in(k_order, i),
+                              x, y, batch, f"distill expert {i}")
+            for i, k in enumerate(jax.random.split(k_init, cfg.num_experts))]
+  params = engine.stack([c.state.params for c in copies])
   trajectory, seconds = [jax.device_get(params)], []
   _save(directory, 0, params)
   for e in range(cfg.num_expert_epochs):
-    idx = jnp.asarray(epoch_indices(k_order, x.shape[0], batch, cfg.num_experts, e))
-    keys = jax.random.split(jax.random.fold_in(k_aug, e), cfg.num_experts)
     tick = time.perf_counter()
-    if vmapped:
-      params = run(params, idx, keys)
-    else:
-      params = jax.tree.map(lambda *a: jnp.stack(a), *[
-          run(jax.tree.map(lambda a, i=i: a[i], params), idx[i], keys[i])
-          for i in range(cfg.num_experts)])
-    params = jax.block_until_ready(params)
+    states, _ = engine.run_copies(program, copies, None, (e + 1) * steps,
+                                  execution="vmapped" if vmapped else "sequential")
+    states = jax.block_until_ready(states)
+    copies = engine.resume(copies, states)
     seconds.append(time.perf_counter() - tick)
-    trajectory.append(jax.device_get(params))
-    _save(directory, e + 1, params)
+    trajectory.append(jax.device_get(states.params))
+    _save(directory, e + 1, states.params)
   return trajectory, seconds
 
 

@@ -10,6 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmcjax import augment
+from lmcjax.distill import core
+from lmcjax.distill import evaluate
+from lmcjax.distill import experts
+from lmcjax.distill import methods
 from lmcjax import logs
 from lmcjax import models
 from lmcjax import plots
@@ -20,10 +24,6 @@ from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
 from lmcjax import workdir as workdir_lib
-from lmcjax.distill import core
-from lmcjax.distill import evaluate
-from lmcjax.distill import experts
-from lmcjax.distill import methods
 
 METHODS = ("dc", "idc", "mtt", "dm")
 

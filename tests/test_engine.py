@@ -1,0 +1,114 @@
+"""The training engine: copy i of K copies is the single run of its seed path.
+
+Sequential copies are the single run bit for bit. Vmapped copies run the same
+steps with the same keys and data, but XLA:CPU compiles the batched program
+with other reduction orders: a batched reduction over the batch axis (a bias
+gradient) may become a YNNPACK library fusion where the single run gets a
+tree reduction, and a ConvNet's kernel gradient becomes a grouped convolution
+and its convolutions sit inside the scan's while loop. So the MLP is
+bit-identical once library fusions are off, and the ConvNet agrees to float
+rounding. Also runnable as `python tests/test_engine.py mlp`, which exits 1
+unless the vmapped copies equal the single runs bit for bit (the subprocess
+of the flag test: XLA_FLAGS must be set before JAX starts).
+"""
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import default  # pylint: disable=g-import-not-at-top
+from lmcjax import engine  # pylint: disable=g-import-not-at-top
+from lmcjax import models  # pylint: disable=g-import-not-at-top
+from lmcjax import train  # pylint: disable=g-import-not-at-top
+
+C, HW = 3, 8
+SEEDS = ml_collections.ConfigDict({"augment": 1, "data_order": 2})
+# A batch of 128 and 16 hidden units give a (128, 16) bias-gradient reduction,
+# which XLA:CPU compiles one way alone and another way batched (see above).
+NO_LIBRARY_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def tiny_data(n: int):
+  """n 8x8 images of 3 classes, each a noisy copy of its class template."""
+  rs = np.random.RandomState(0)
+  labels = np.arange(n) % C
+  images = rs.randn(C, HW, HW, 1)[labels] + 0.5 * rs.randn(n, HW, HW, 1)
+  return jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+
+
+def setting(model_name: str, batch_size: int = 16, lr: float = 0.05):
+  """(program, steps, make_copies): 2 epochs of 4 batches with crop+flip, so
+  both the data-order and the augmentation keys matter."""
+  cfg = default.get_config().model
+  cfg.name, cfg.hidden = model_name, (16,)
+  cfg.update(depth=1, width=4, norm="instance")
+  model = models.create(cfg, C)
+  spec = default.train_spec(epochs=2, batch_size=batch_size, lr=lr, momentum=0.9)
+  spec.augment.kind = "crop_flip"
+  images, labels = tiny_data(4 * batch_size)
+  steps = train.total_steps(spec, int(images.shape[0]))
+  program = engine.train_program(model, spec, C, steps)
+  params, stats = train.init_variables(model, jax.random.PRNGKey(0), (HW, HW, 1))
+
+  def make_copies(num: int):
+    return [engine.seeded_copy(program, params, stats, SEEDS, ("copy", i), images, labels,
+                               batch_size, 0, f"copy {i}") for i in range(num)]
+
+  return program, steps, make_copies
+
+
+def single_runs_and_copies(model_name: str, executions, batch_size: int = 16):
+  """The single runs of 2 copies, and the copies trained together with each
+  execution: [singles, per-copy states of executions[0], ...]."""
+  program, steps, make_copies = setting(model_name, batch_size)
+  out = [[engine.run(program, c, None, steps)[0] for c in make_copies(2)]]
+  for execution in executions:
+    states, losses = engine.run_copies(program, make_copies(2), None, steps, execution=execution)
+    assert losses.shape == (2,) and np.all(np.isfinite(losses))
+    out.append([jax.tree.map(lambda a, i=i: a[i], states) for i in range(2)])
+  return out
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "convnet"])
+def test_copy_i_is_the_single_run_of_its_seed_path(model_name):
+  singles, sequential, vmapped = single_runs_and_copies(model_name, ["sequential", "vmapped"])
+  for single, seq, vm in zip(singles, sequential, vmapped):
+    chex.assert_trees_all_equal(seq, single)
+    chex.assert_trees_all_equal(vm.step, single.step)
+    chex.assert_trees_all_close(vm.params, single.params, rtol=1e-5, atol=1e-6)
+  # The copies differ: their seed paths give them different SGD noise.
+  assert not np.allclose(singles[0].params["Dense_0"]["kernel"],
+                         singles[1].params["Dense_0"]["kernel"])
+
+
+def _vmapped_mlp_is_bit_identical() -> bool:
+  singles, vmapped = single_runs_and_copies("mlp", ["vmapped"], batch_size=128)
+  return all(np.array_equal(a, b) for single, vm in zip(singles, vmapped)
+             for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(vm)))
+
+
+def test_vmapped_mlp_copies_are_the_single_runs_bit_for_bit_without_library_fusions():
+  env = dict(os.environ, XLA_FLAGS=NO_LIBRARY_FUSIONS, JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, os.path.abspath(__file__), "mlp"], env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  if "Unknown flag" in done.stderr:
+    pytest.skip(f"this XLA has no {NO_LIBRARY_FUSIONS}")
+  assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_a_diverging_vmapped_copy_raises_naming_copy_and_step():
+  program, steps, make_copies = setting("mlp", lr=1e8)
+  with pytest.raises(train.NonFiniteLossError, match=r"in stage 'copy \d' at step \d+"):
+    engine.run_copies(program, make_copies(2), None, steps, execution="vmapped")
+
+
+if __name__ == "__main__":
+  sys.exit(0 if _vmapped_mlp_is_bit_identical() else 1)
