@@ -171,7 +171,7 @@ def test_truncated_distilled_set_is_one_line(tmp_path):
   raw = open(path, "rb").read()
   open(path, "wb").write(raw[:len(raw) // 2])  # a copy cut short
   with pytest.raises(validate.InputError, match="distilled set is truncated or corrupt") as e:
-    stage.load_external(path, tiny_dataset())
+    synthetic.load_checked(path, tiny_dataset())
   assert "\n" not in str(e.value)
 
 

@@ -24,10 +24,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # pylint: disable=g-import-not-at-top
 from lmcjax import engine  # pylint: disable=g-import-not-at-top
 from lmcjax import models  # pylint: disable=g-import-not-at-top
 from lmcjax import train  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
+from lmcjax.configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
 
 C, HW = 3, 8
 SEEDS = ml_collections.ConfigDict({"augment": 1, "data_order": 2})
@@ -47,11 +48,9 @@ def tiny_data(n: int):
 def setting(model_name: str, batch_size: int = 16, lr: float = 0.05):
   """(program, steps, make_copies): 2 epochs of 4 batches with crop+flip, so
   both the data-order and the augmentation keys matter."""
-  cfg = default.get_config().model
-  cfg.name, cfg.hidden = model_name, (16,)
-  cfg.update(depth=1, width=4, norm="instance")
-  model = models.create(cfg, C)
-  spec = default.train_spec(epochs=2, batch_size=batch_size, lr=lr, momentum=0.9)
+  fields = dict(hidden=(16,)) if model_name == "mlp" else dict(depth=1, width=4, norm="instance")
+  model = models.create(model_part.get(model_name, **fields), C)
+  spec = train_part.train_spec(epochs=2, batch_size=batch_size, lr=lr, momentum=0.9)
   spec.augment.kind = "crop_flip"
   images, labels = tiny_data(4 * batch_size)
   steps = train.total_steps(spec, int(images.shape[0]))
