@@ -1,4 +1,4 @@
-"""Loss landscapes on planes (and lines) in parameter space, evaluated vmapped.
+"""Loss landscapes on planes (and lines) in parameter space.
 
 A `Plane` is an origin and k directions (parameter trees); the point with
 coordinates c is origin + sum_k c_k d_k. Kinds:
@@ -9,6 +9,9 @@ coordinates c is origin + sum_k c_k d_k. Kinds:
     theta1)/2, V1 = (theta3 - theta2)/2; theta0, theta1 sit at (1, 0), (-1, 0)
     and theta2, theta3 at their projections;
   random: Li et al. (2018) filter-normalised Gaussian directions, 1-D or 2-D.
+Grid points run as chosen per backend (train.resolve_execution): vmapped in
+chunks on an accelerator, one jitted call per point for a convolutional net
+on CPU (interpolate.map_points).
 """
 import dataclasses
 import functools
@@ -137,25 +140,31 @@ def point_params(plane: Plane, coords, mask: Optional[PyTree] = None) -> PyTree:
 
 
 @functools.lru_cache(maxsize=16)
-def _grid_program(model, eval_batch_size: int, chunk: int):
+def _grid_program(model, eval_batch_size: int, chunk: int, execution: str):
+  """(args, coords) -> metrics per point.
+
+  args = (origin, directions, mask, batch_stats, images, labels).
+  """
   evaluate = train.make_eval_fn(model, eval_batch_size)
 
-  def program(origin, directions, mask, batch_stats, coords, images, labels):
+  def at_point(args, coords):
+    origin, directions, mask, batch_stats, images, labels = args
     plane = Plane(origin, directions, {}, "")
-    at = lambda c: evaluate(point_params(plane, c, mask), batch_stats, images, labels)
-    return interpolate.chunked_vmap(at, coords, chunk)
+    return evaluate(point_params(plane, coords, mask), batch_stats, images, labels)
 
-  return jax.jit(program)
+  return interpolate.map_points(at_point, chunk, execution)
 
 
 def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: PyTree,
                   images, labels, *, mask: Optional[PyTree] = None, chunk: int = 16,
-                  eval_batch_size: int = 1000) -> Dict[str, np.ndarray]:
+                  eval_batch_size: int = 1000, execution: str = "auto") -> Dict[str, np.ndarray]:
   """Loss and error on the grid spanned by `axes` (one per direction).
 
   Returns arrays of shape (len(axes[1]), len(axes[0])) for a plane (rows: y),
   or (len(axes[0]),) for a line, plus the axes and the solutions' coordinates.
-  batch_stats are used as they are (eval mode) at every point.
+  batch_stats are used as they are (eval mode) at every point. chunk: points
+  per vmapped call when execution ('auto' | 'vmapped' | 'sequential',
+  train.resolve_execution) is 'vmapped'.
   """
   validate.positive("landscape chunk", chunk)
   validate.require(len(axes) == len(plane.directions),
@@ -163,9 +172,10 @@ def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: 
   validate.require(images.shape[0] > 0, "cannot evaluate a landscape on an empty split")
   mesh = np.meshgrid(*axes, indexing="xy")
   coords = np.stack([m.ravel() for m in mesh], axis=1).astype(np.float32)
-  program = _grid_program(model, eval_batch_size, chunk)
-  out = jax.device_get(program(plane.origin, tuple(plane.directions), mask, batch_stats,
-                               jnp.asarray(coords), images, labels))
+  execution = train.resolve_execution(execution, plane.origin)
+  program = _grid_program(model, eval_batch_size, chunk, execution)
+  out = jax.device_get(program((plane.origin, tuple(plane.directions), mask, batch_stats,
+                                images, labels), coords))
   shape = mesh[0].shape
   result = {"loss": np.asarray(out["loss"]).reshape(shape),
             "error": 1.0 - np.asarray(out["accuracy"]).reshape(shape)}
