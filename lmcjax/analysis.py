@@ -242,7 +242,7 @@ def _paths(s, a, stacked, mask, splits, out_dir: str) -> Dict[str, Any]:
       result = interpolate.pairwise(s.model, stacked, alphas(a), *splits[split], mask=mask,
                                     bn_mode=mode, bn_images=bn_images,
                                     eval_batch_size=s.config.eval_batch_size,
-                                    alpha_chunk=a.alpha_chunk)
+                                    alpha_chunk=a.alpha_chunk, execution=a.execution)
       logs.write_json(os.path.join(out_dir, f"interpolation_{split}_{mode}.json"), result)
       out[f"{split}/{mode}"] = result
   return out
@@ -264,7 +264,8 @@ def _landscapes(s, a, name: str, stacked, mask, splits, out_dir: str) -> Dict[st
                                      c.skip_bias_and_norm)
     grid = landscape.evaluate_grid(
         s.model, plane, landscape.grid_axes(plane, c.resolution, c.margin, c.span), stats0,
-        *splits[c.split], mask=mask, chunk=c.chunk, eval_batch_size=s.config.eval_batch_size)
+        *splits[c.split], mask=mask, chunk=c.chunk, eval_batch_size=s.config.eval_batch_size,
+        execution=a.execution)
     stem = os.path.join(out_dir, f"landscape_{kind}")
     landscape.save_grid(stem + ".npz", grid, kind)
     plots.plot_landscape(stem, grid, "error", f"{name} {kind} ({c.split} error)")
@@ -292,7 +293,7 @@ def _hessian(s, a, name: str, stacked, mask, splits, out_dir: str) -> Tuple[Dict
   common = dict(mask=mask, batch_size=c.batch_size)
   diag = hessian.hessian_diagonal(*data, key, method=c.method, chunk=c.ggn_chunk,
                                   max_probes=c.max_probes, probe_chunk=c.probe_chunk, tol=c.tol,
-                                  max_params=c.exact_max_params, **common)
+                                  max_params=c.exact_max_params, execution=a.execution, **common)
   eigen = dict(max_iters=c.lanczos_iters, tol=c.lanczos_tol, **common)
   top = hessian.lanczos(*data, jax.random.fold_in(key, 1), k=c.lanczos_k, **eigen)
   n = int(images.shape[0])
@@ -315,7 +316,8 @@ def _hessian(s, a, name: str, stacked, mask, splits, out_dir: str) -> Tuple[Dict
     arrays.update({"ggn/" + k: v for k, v in _flat_named(diag.ggn).items()})
   num_params = sum(np.size(x) for x in jax.tree.leaves(params))
   if num_params <= c.exact_max_params and diag.method != "exact":
-    exact = hessian.exact_diagonal(*data, **common, max_params=c.exact_max_params)
+    exact = hessian.exact_diagonal(*data, **common, max_params=c.exact_max_params,
+                                   execution=a.execution)
     arrays.update({"exact/" + k: v for k, v in _flat_named(exact).items()})
     got, want = hessian.kept_values(diag.values, mask), hessian.kept_values(exact, mask)
     result["relative_error_vs_exact"] = float(np.linalg.norm(got - want) /
@@ -440,7 +442,7 @@ def _instability_point(s, a, wd, name, mask, step, splits, log) -> Dict[str, Any
   result = interpolate.pairwise(s.model, stacked, interpolate.default_alphas(c.num_alphas),
                                 *splits[c.split], mask=mask,
                                 eval_batch_size=s.config.eval_batch_size,
-                                alpha_chunk=a.alpha_chunk)
+                                alpha_chunk=a.alpha_chunk, execution=a.execution)
   return {"step": step, **barrier_statistics(s, result["pairs"],
                                              _branch_errors(s, stacked, c.num_copies))}
 

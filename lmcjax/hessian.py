@@ -60,34 +60,39 @@ def loss_batches(key, images, labels, batch_size: int, num_batches: int):
   return images[idx], labels[idx]
 
 
-def make_loss(model, batch_stats: PyTree, images, labels, batch_size: int) -> Callable:
-  """params -> mean cross-entropy over (images, labels), batch_size at a time."""
-  evaluate = train.make_eval_fn(model, batch_size)
+def make_loss(model, batch_stats: PyTree, images, labels, batch_size: int,
+              execution: str = "auto") -> Callable:
+  """params -> mean cross-entropy over (images, labels), batch_size at a time.
+
+  execution: how the example chunks run (train.sum_over_chunks); 'auto' keeps
+  a convolutional net's differentiated chunks out of loops on CPU.
+  """
+  evaluate = train.make_eval_fn(model, batch_size, execution)
   return lambda params: evaluate(params, batch_stats, images, labels)["loss"]
 
 
-def make_residual_loss(model, batch_stats: PyTree, images, labels, batch_size: int) -> Callable:
+def make_residual_loss(model, batch_stats: PyTree, images, labels, batch_size: int,
+                       execution: str = "auto") -> Callable:
   """params -> mean over examples of <stop_gradient(dL/df), f(params)>.
 
   Its Hessian is the residual sum_c (dL/df_c) d2f_c in H = GGN + residual:
   holding dL/df = softmax(f) - onehot(y) fixed leaves only the logits' own
-  curvature to be differentiated. Examples go batch_size at a time (lax.map).
+  curvature to be differentiated. Examples go batch_size at a time, run as
+  make_loss's chunks.
   """
-  n = images.shape[0]
-  validate.require(n > 0, "cannot compute a Hessian on an empty split")
-  chunk = min(batch_size, n)
-  pad = (-n) % chunk
-  valid = jnp.arange(n + pad) < n
-  padded = (jnp.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1)), jnp.pad(labels, (0, pad)))
-  blocks = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), padded + (valid,))
+  validate.require(images.shape[0] > 0, "cannot compute a Hessian on an empty split")
+  blocks = train.example_chunks((images, labels), batch_size)
+
+  @jax.jit
+  def block_sum(params, block):
+    x, y, ok = block
+    logits, _ = train.forward(model, params, batch_stats, x, train=False)
+    dloss = jax.nn.softmax(logits) - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+    return jnp.sum(jax.lax.stop_gradient(dloss * ok[:, None]) * logits)
 
   def loss(params):
-    def block_sum(args):
-      x, y, ok = args
-      logits, _ = train.forward(model, params, batch_stats, x, train=False)
-      dloss = jax.nn.softmax(logits) - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
-      return jnp.sum(jax.lax.stop_gradient(dloss * ok[:, None]) * logits)
-    return jnp.sum(jax.lax.map(block_sum, blocks)) / n
+    chosen = train.resolve_execution(execution, params)
+    return train.sum_over_chunks(block_sum, params, blocks, chosen) / images.shape[0]
 
   return loss
 
@@ -110,30 +115,56 @@ def rademacher(key, params: PyTree, mask: Optional[PyTree] = None) -> PyTree:
 
 
 @functools.lru_cache(maxsize=16)
-def _probe_program(model, batch_size: int, chunk: int, operator: str):
-  """Jitted: (params, stats, images, labels, mask, keys, valid) -> sums over the
-  valid probes of z*Hz and (z*Hz)^2, and the per-probe trace samples z.Hz,
-  where H is the Hessian of OPERATORS[operator].
+def _probe_programs(model, batch_size: int, operator: str, execution: str):
+  """Jitted (one, batch) on (params, stats, images, labels, mask, key or keys).
 
-  Always `chunk` probes, with `valid` zeroing the unused ones of a last,
-  partial chunk, so one compile serves every chunk.
+  one: a probe's sample, z * Hz as a flat vector with the trace z.Hz
+  appended. batch: the mean and the sum of squared deviations (M2) of the
+  samples of a vector of keys, vmapped. H is the Hessian of OPERATORS[operator].
   """
 
-  def program(params, batch_stats, images, labels, mask, keys, valid):
-    loss = OPERATORS[operator](model, batch_stats, images, labels, batch_size)
+  def one_probe(params, batch_stats, images, labels, mask, key):
+    loss = OPERATORS[operator](model, batch_stats, images, labels, batch_size, execution)
+    z = rademacher(key, params, mask)
+    zhz = jax.tree.map(jnp.multiply, z, hvp(loss, params, z))
+    return jnp.append(ravel_pytree(zhz)[0], sum(jnp.sum(x) for x in jax.tree.leaves(zhz)))
 
-    def one_probe(key):
-      z = rademacher(key, params, mask)
-      zhz = jax.tree.map(jnp.multiply, z, hvp(loss, params, z))
-      return zhz, sum(jnp.sum(x) for x in jax.tree.leaves(zhz))
+  def block_moments(*args):
+    samples = jax.vmap(one_probe, in_axes=(None,) * 5 + (0,))(*args)
+    mean = jnp.mean(samples, axis=0)
+    return mean, jnp.sum(jnp.square(samples - mean), axis=0)
 
-    zhz, traces = jax.vmap(one_probe)(keys)
-    weigh = lambda a: a * valid.reshape((-1,) + (1,) * (a.ndim - 1))
-    sums = jax.tree.map(lambda a: jnp.sum(weigh(a), 0), zhz)
-    squares = jax.tree.map(lambda a: jnp.sum(weigh(a * a), 0), zhz)
-    return sums, squares, traces
+  return jax.jit(one_probe), jax.jit(block_moments)
 
-  return jax.jit(program)
+
+@jax.jit
+def _merge(moments, size, block_mean, block_m2):
+  """(count, mean, M2) of the samples so far, updated with a block's.
+
+  Chan et al.'s pairwise update: stable in float32, so the running moments
+  stay on the device and no probe is read back until the end.
+  """
+  count, mean, m2 = moments
+  total = count + size
+  delta = block_mean - mean
+  spread = jnp.square(delta) * (count * size / total)
+  return total, mean + delta * (size / total), m2 + block_m2 + spread
+
+
+@jax.jit
+def _mean_se(moments):
+  """The samples' mean and its standard error (inf below two samples)."""
+  count, mean, m2 = moments
+  variance = jnp.maximum(m2, 0.0) / jnp.maximum(count - 1, 1)
+  return mean, jnp.where(count > 1, jnp.sqrt(variance / count), jnp.inf)
+
+
+@jax.jit
+def _norms(moments):
+  """||mean||, ||SE|| of the diagonal and the trace's mean and SE: all the
+  stopping rule needs, four scalars instead of the whole diagonal."""
+  mean, se = _mean_se(moments)
+  return jnp.linalg.norm(mean[:-1]), jnp.linalg.norm(se[:-1]), mean[-1], se[-1]
 
 
 @dataclasses.dataclass
@@ -148,25 +179,31 @@ class Estimate:
   converged: bool
 
 
-def _relative(diag_mean: np.ndarray, diag_se: np.ndarray, trace: float, trace_se: float) -> float:
+def _relative(mean_norm: float, se_norm: float, trace: float, trace_se: float) -> float:
   """Relative standard error: ||SE||/||diag|| and SE(trace)/|trace|, the larger.
 
   abs() because a trace (or diagonal sum) may be negative away from a minimum.
   """
   tiny = np.finfo(np.float64).tiny
-  return max(np.linalg.norm(diag_se) / max(np.linalg.norm(diag_mean), tiny),
-             trace_se / max(abs(trace), tiny))
+  return max(float(se_norm) / max(float(mean_norm), tiny),
+             float(trace_se) / max(abs(float(trace)), tiny))
 
 
 def hutchinson(model, params: PyTree, batch_stats: PyTree, images, labels, key, *,
                mask: Optional[PyTree] = None, max_probes: int = 64, chunk: int = 8,
-               tol: float = 0.0, batch_size: int = 1000, operator: str = "hessian") -> Estimate:
-  """diag(H) ~ mean over Rademacher z of z * Hz, `chunk` probes per vmapped call.
+               tol: float = 0.0, batch_size: int = 1000, operator: str = "hessian",
+               execution: str = "auto") -> Estimate:
+  """diag(H) ~ mean over Rademacher z of z * Hz, checked every `chunk` probes.
 
   Stops once the relative standard error (see _relative) is <= tol, after at
   least two chunks; tol=0 runs all max_probes. Probe k uses fold_in(key, k),
-  so the estimate does not depend on the chunk size. operator='residual'
-  estimates the diagonal of H - GGN instead (make_residual_loss).
+  so the estimate does not depend on the chunk size or the execution.
+  execution (train.resolve_execution): 'vmapped' runs each full chunk of
+  probes as one vmapped program, 'sequential' one jitted probe at a time; a
+  last, shorter chunk runs probe by probe either way (no padded probes, and
+  no compile per remainder size). The running mean and variance stay on the
+  device. operator='residual' estimates the diagonal of H - GGN instead
+  (make_residual_loss).
   """
   validate.choice("hutchinson operator", operator, OPERATORS)
   validate.positive("hessian probes", max_probes)
@@ -175,77 +212,103 @@ def hutchinson(model, params: PyTree, batch_stats: PyTree, images, labels, key, 
   validate.require(images.shape[0] > 0, "cannot compute a Hessian on an empty split")
   if mask is not None:
     masks.check_matches(mask, params)
-  program = _probe_program(model, batch_size, chunk, operator)
+  execution = train.resolve_execution(execution, params)
+  one, batch = _probe_programs(model, batch_size, operator, execution)
+  args = (params, batch_stats, images, labels, mask)
   flat_params, unravel = ravel_pytree(params)
-  total = np.zeros(flat_params.size, np.float64)
-  total_sq = np.zeros_like(total)
-  traces = []
+  zeros = jnp.zeros(flat_params.size + 1, flat_params.dtype)
+  moments = (jnp.zeros((), jnp.int32), zeros, zeros)
   n, converged, relative = 0, False, np.inf
   shown = progress.Progress(f"Hutchinson {operator} diagonal", max_probes, "probes")
   while n < max_probes and not converged:
     count = min(chunk, max_probes - n)
-    keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(n, n + chunk))
-    valid = (jnp.arange(chunk) < count).astype(flat_params.dtype)
-    sums, squares, chunk_traces = jax.device_get(
-        program(params, batch_stats, images, labels, mask, keys, valid))
-    total += np.asarray(ravel_pytree(sums)[0], np.float64)
-    total_sq += np.asarray(ravel_pytree(squares)[0], np.float64)
-    traces.extend(np.asarray(chunk_traces[:count], np.float64).tolist())
+    keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(n, n + count))
+    if execution == "vmapped" and count == chunk:
+      moments = _merge(moments, count, *batch(*args, keys))
+    else:
+      for k in keys:
+        sample = one(*args, k)
+        moments = _merge(moments, 1, sample, jnp.zeros_like(sample))
     n += count
-    if n >= 2:
-      mean, se = _mean_se(total, total_sq, n)
-      trace, trace_se = float(np.mean(traces)), float(np.std(traces, ddof=1) / np.sqrt(n))
-      relative = _relative(mean, se, trace, trace_se)
+    if n >= 2 and (tol > 0 or n >= max_probes):
+      relative = _relative(*_norms(moments))
       converged = bool(tol > 0 and n >= 2 * min(chunk, max_probes) and relative <= tol)
     shown.update(max_probes if converged else n, f"relative SE {relative:.3g}"
                  + (f", converged after {n} probes" if converged else ""))
-  mean, se = _mean_se(total, total_sq, n)
-  to_tree = lambda v: jax.tree.map(np.asarray, unravel(jnp.asarray(v, flat_params.dtype)))
-  trace_se = float(np.std(traces, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
-  return Estimate(to_tree(mean), to_tree(se), n, float(np.mean(traces)), trace_se,
+  mean, se = jax.device_get(_mean_se(moments))
+  to_tree = lambda v: jax.tree.map(np.asarray, unravel(jnp.asarray(v[:-1], flat_params.dtype)))
+  return Estimate(to_tree(mean), to_tree(se), n, float(mean[-1]), float(se[-1]),
                   float(relative), converged)
 
 
-def _mean_se(total, total_sq, n):
-  mean = total / n
-  if n < 2:
-    return mean, np.full_like(mean, np.inf)
-  var = np.maximum(total_sq - n * mean * mean, 0.0) / (n - 1)
-  return mean, np.sqrt(var / n)
+@functools.lru_cache(maxsize=16)
+def _leaf_hvp_program(model, batch_size: int, execution: str):
+  """Jitted (params, stats, images, labels, leaf) -> v -> H_ll v.
+
+  H_ll is the Hessian block of params' leaf number `leaf` (static). The map is
+  the linearised gradient with respect to that leaf alone: a jax Partial that
+  holds the forward and backward residuals, so each product is one tangent
+  pass from that layer to the loss and back to it, with no recomputed
+  forward pass and no backward pass below the layer.
+  """
+
+  def program(params, batch_stats, images, labels, leaf):
+    leaves, tree = jax.tree.flatten(params)
+    loss = make_loss(model, batch_stats, images, labels, batch_size, execution)
+    with_leaf = lambda w: jax.tree.unflatten(tree, leaves[:leaf] + [w] + leaves[leaf + 1:])
+    return jax.linearize(jax.grad(lambda w: loss(with_leaf(w))), leaves[leaf])[1]
+
+  return jax.jit(program, static_argnums=4)
+
+
+def _diagonal_entry(args, index):
+  """e_i^T H_ll e_i for the flat index i of a leaf; args = (leaf_hvp, leaf)."""
+  leaf_hvp, leaf = args
+  basis = jnp.zeros(leaf.size, leaf.dtype).at[index].set(1).reshape(leaf.shape)
+  return leaf_hvp(basis).ravel()[index]
 
 
 @functools.lru_cache(maxsize=16)
-def _exact_program(model, batch_size: int, chunk: int):
-  """Jitted (params, stats, images, labels) -> diag(H) as a flat vector."""
-
-  def program(params, batch_stats, images, labels):
-    flat, unravel = ravel_pytree(params)
-    loss = make_loss(model, batch_stats, images, labels, batch_size)
-
-    def entry(i):
-      basis = unravel(jnp.zeros_like(flat).at[i].set(1.0))
-      return ravel_pytree(hvp(loss, params, basis))[0][i]
-
-    return interpolate.chunked_vmap(entry, jnp.arange(flat.size), chunk)
-
-  return jax.jit(program)
+def _entries_program(chunk: int, execution: str):
+  return interpolate.map_points(_diagonal_entry, chunk, execution)
 
 
 def exact_diagonal(model, params: PyTree, batch_stats: PyTree, images, labels, *,
                    mask: Optional[PyTree] = None, chunk: int = 64, batch_size: int = 1000,
-                   max_params: int = 20000) -> PyTree:
-  """diag(H) exactly, one HVP per coordinate (e_i^T H e_i), vmapped in chunks.
+                   max_params: int = 50000, execution: str = "auto") -> PyTree:
+  """diag(H) exactly: e_i^T H e_i for every unpruned coordinate i.
 
-  For validating Hutchinson on small nets: the cost is one HVP per parameter.
+  Leaf by leaf: one linearisation of that leaf's gradient (_leaf_hvp_program),
+  then one tangent pass per coordinate, `chunk` coordinates per vmapped call
+  or one per jitted call (execution, train.resolve_execution). Pruned
+  coordinates are zero and cost nothing. For validating the other methods:
+  the cost grows with the number of parameters, so above max_params it is
+  refused before any compute.
   """
-  flat, unravel = ravel_pytree(params)
-  validate.require(flat.size <= max_params,
-                   f"exact Hessian diagonal needs {flat.size} HVPs; limit is {max_params}")
+  if mask is not None:
+    masks.check_matches(mask, params)
+  leaves, tree = jax.tree.flatten(params)
+  mask_leaves = jax.tree.leaves(mask) if mask is not None else [None] * len(leaves)
+  kept = [np.arange(leaf.size) if m is None else np.flatnonzero(np.asarray(m).ravel())
+          for leaf, m in zip(leaves, mask_leaves)]
+  count = sum(k.size for k in kept)
+  validate.require(count <= max_params,
+                   f"the exact Hessian diagonal costs one Hessian-vector product per unpruned "
+                   f"parameter: {count:,} here, above max_params={max_params:,}; use method "
+                   f"'ggn', 'ggn+residual' or 'hutchinson', or raise max_params")
   validate.positive("exact diagonal chunk", chunk)
   validate.require(images.shape[0] > 0, "cannot compute a Hessian on an empty split")
-  diag = unravel(_exact_program(model, batch_size, chunk)(params, batch_stats, images, labels))
-  diag = diag if mask is None else masks.apply(diag, mask)
-  return jax.tree.map(np.asarray, diag)
+  execution = train.resolve_execution(execution, params)
+  linearise = _leaf_hvp_program(model, batch_size, execution)
+  entries = _entries_program(chunk, execution)
+  out = []
+  for number, (leaf, idx) in enumerate(zip(leaves, kept)):
+    values = np.zeros(leaf.size, leaf.dtype)
+    if idx.size:
+      leaf_hvp = linearise(params, batch_stats, images, labels, number)
+      values[idx] = np.asarray(entries((leaf_hvp, leaf), idx.astype(np.int32)))
+    out.append(values.reshape(leaf.shape))
+  return jax.tree.unflatten(tree, out)
 
 
 def ggn_is_hessian_diagonal(model) -> Tuple[bool, str]:
@@ -366,8 +429,8 @@ def _from_estimate(est: Estimate, method: str, label: str, offset: Optional[PyTr
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(values)])
   se = np.concatenate([np.ravel(x) for x in jax.tree.leaves(est.stderr)])
   return Diagonal(values, est.stderr, method, label, False, est.num_probes,
-                  _relative(flat, se, trace, est.trace_stderr), est.converged, trace,
-                  est.trace_stderr, offset)
+                  _relative(np.linalg.norm(flat), np.linalg.norm(se), trace, est.trace_stderr),
+                  est.converged, trace, est.trace_stderr, offset)
 
 
 def _exact(values: PyTree, method: str, label: str) -> Diagonal:
@@ -379,14 +442,16 @@ def _exact(values: PyTree, method: str, label: str) -> Diagonal:
 def hessian_diagonal(model, params: PyTree, batch_stats: PyTree, images, labels, key, *,
                      method: str = "auto", mask: Optional[PyTree] = None, chunk: int = 50,
                      max_probes: int = 64, probe_chunk: int = 8, tol: float = 0.0,
-                     batch_size: int = 1000, max_params: int = 20000) -> Diagonal:
+                     batch_size: int = 1000, max_params: int = 50000,
+                     execution: str = "auto") -> Diagonal:
   """diag(H) by `method` (see METHODS), labelled with what it is.
 
   chunk: examples per GGN call; max_probes, probe_chunk, tol: Hutchinson's
-  (of H, or of the residual H - GGN); max_params: the 'exact' method's limit.
+  (of H, or of the residual H - GGN); max_params: the 'exact' method's limit;
+  execution: how probes and exact entries run (train.resolve_execution).
   """
   method = resolve_method(method, model)
-  common = dict(mask=mask, batch_size=batch_size)
+  common = dict(mask=mask, batch_size=batch_size, execution=execution)
   probes = dict(max_probes=max_probes, chunk=probe_chunk, tol=tol, **common)
   if method == "ggn":
     values = ggn_diagonal(model, params, batch_stats, images, labels, mask=mask, chunk=chunk)

@@ -1,8 +1,11 @@
-"""Linear interpolation between two solutions, evaluated vmapped over alphas.
+"""Linear interpolation between two solutions, evaluated at a vector of alphas.
 
-theta(alpha) = (1 - alpha) theta_a + alpha theta_b. A whole vector of alphas
-is evaluated by one jitted program that vmaps over a chunk of alphas and
-lax.maps over the chunks, so memory is `alpha_chunk` parameter copies.
+theta(alpha) = (1 - alpha) theta_a + alpha theta_b. The alphas run as chosen
+per backend (train.resolve_execution): on an accelerator one jitted program
+vmaps over `alpha_chunk` alphas at a time and lax.maps over the chunks, so
+memory is `alpha_chunk` parameter copies; on CPU a convolutional net runs one
+jitted call per alpha, since vmapped parameter copies turn its convolutions
+into grouped convolutions that XLA:CPU runs slowly (map_points).
 
 Barriers:
   error_barrier: max_alpha err(alpha) - (err(0) + err(1)) / 2, the
@@ -50,6 +53,27 @@ def chunked_vmap(fn: Callable, xs: PyTree, chunk: int) -> PyTree:
   return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
 
 
+def map_points(point_fn: Callable, chunk: int, execution: str) -> Callable:
+  """Returns run(args, points) -> point_fn(args, p) for each row p of points, stacked.
+
+  point_fn(args, p) returns a tree of arrays; points is a host array.
+  execution 'vmapped': one jitted program, chunked_vmap over `chunk` points at
+  a time. 'sequential': a Python loop over one jitted point_fn call per point
+  (one compile), with the results stacked on the device. Build it once per
+  point_fn (under functools.lru_cache) so its programs compile once.
+  """
+  if execution == "sequential":
+    one = jax.jit(point_fn)
+
+    def run(args, points):
+      outs = [one(args, p) for p in np.asarray(points)]
+      return jax.tree.map(lambda *o: jnp.stack(o), *outs)
+
+    return run
+  return jax.jit(lambda args, points: chunked_vmap(functools.partial(point_fn, args), points,
+                                                   chunk))
+
+
 def interpolate(a: PyTree, b: PyTree, alpha, mask: Optional[PyTree] = None) -> PyTree:
   """(1 - alpha) a + alpha b, times the mask.
 
@@ -94,22 +118,20 @@ def batch_statistics(model, params: PyTree, stats_like: PyTree, bn_images) -> Py
 
 
 @functools.lru_cache(maxsize=16)
-def _path_program(model, eval_batch_size: int, alpha_chunk: int, reset_bn: bool):
-  """Jitted (end_a, end_b, mask, alphas, images, labels, bn_images) -> metrics per alpha."""
+def _path_program(model, eval_batch_size: int, alpha_chunk: int, reset_bn: bool, execution: str):
+  """(args, alphas) -> metrics per alpha; args = (end_a, end_b, mask, images, labels, bn_images)."""
   evaluate = train.make_eval_fn(model, eval_batch_size)
 
-  def program(end_a, end_b, mask, alphas, images, labels, bn_images):
-    def at_alpha(alpha):
-      params = interpolate(end_a["params"], end_b["params"], alpha, mask)
-      if reset_bn:
-        stats = batch_statistics(model, params, end_a["batch_stats"], bn_images)
-      else:
-        stats = interpolate(end_a["batch_stats"], end_b["batch_stats"], alpha)
-      return evaluate(params, stats, images, labels)
+  def at_alpha(args, alpha):
+    end_a, end_b, mask, images, labels, bn_images = args
+    params = interpolate(end_a["params"], end_b["params"], alpha, mask)
+    if reset_bn:
+      stats = batch_statistics(model, params, end_a["batch_stats"], bn_images)
+    else:
+      stats = interpolate(end_a["batch_stats"], end_b["batch_stats"], alpha)
+    return evaluate(params, stats, images, labels)
 
-    return chunked_vmap(at_alpha, alphas, alpha_chunk)
-
-  return jax.jit(program)
+  return map_points(at_alpha, alpha_chunk, execution)
 
 
 def _at(values: np.ndarray, alphas: np.ndarray, target: float) -> float:
@@ -138,7 +160,8 @@ def default_alphas(num: int = 31, low: float = 0.0, high: float = 1.0) -> np.nda
 
 def evaluate_path(model, end_a: PyTree, end_b: PyTree, alphas, images, labels, *,
                   mask: Optional[PyTree] = None, bn_mode: str = "interpolate", bn_images=None,
-                  eval_batch_size: int = 1000, alpha_chunk: int = 8) -> Dict[str, Any]:
+                  eval_batch_size: int = 1000, alpha_chunk: int = 8,
+                  execution: str = "auto") -> Dict[str, Any]:
   """Loss and error along the path from end_a to end_b, and its barriers.
 
   Args:
@@ -148,6 +171,9 @@ def evaluate_path(model, end_a: PyTree, end_b: PyTree, alphas, images, labels, *
     mask: pruned weights are zero at every alpha.
     bn_mode: 'interpolate' the running statistics or 'reset' them on bn_images.
     bn_images: (K, B, H, W, C) training batches for bn_mode='reset'.
+    alpha_chunk: alphas per vmapped call (memory: that many parameter copies).
+    execution: 'auto' | 'vmapped' | 'sequential' (train.resolve_execution);
+      alpha_chunk applies to 'vmapped' only.
   Returns:
     JSON-ready dict: alphas, loss, error, accuracy lists and the barriers.
   """
@@ -161,9 +187,10 @@ def evaluate_path(model, end_a: PyTree, end_b: PyTree, alphas, images, labels, *
   if reset:
     validate.require(bn_images is not None and bn_images.shape[0] > 0 and bn_images.shape[1] > 0,
                      "bn_mode='reset' needs a non-empty (K, B, ...) array of training batches")
-  program = _path_program(model, eval_batch_size, alpha_chunk, reset)
-  out = jax.device_get(program(end_a, end_b, mask, jnp.asarray(alphas), images, labels,
-                               bn_images if reset else None))
+  execution = train.resolve_execution(execution, end_a["params"])
+  program = _path_program(model, eval_batch_size, alpha_chunk, reset, execution)
+  out = jax.device_get(program((end_a, end_b, mask, images, labels, bn_images if reset else None),
+                               alphas))
   loss, accuracy = np.asarray(out["loss"], np.float64), np.asarray(out["accuracy"], np.float64)
   error = 1.0 - accuracy
   return {"alphas": alphas.tolist(), "loss": loss.tolist(), "error": error.tolist(),

@@ -1,4 +1,4 @@
-"""Loss landscapes on planes (and lines) in parameter space, evaluated vmapped.
+"""Loss landscapes on planes (and lines) in parameter space.
 
 A `Plane` is an origin and k directions (parameter trees); the point with
 coordinates c is origin + sum_k c_k d_k. Kinds:
@@ -9,6 +9,9 @@ coordinates c is origin + sum_k c_k d_k. Kinds:
     theta1)/2, V1 = (theta3 - theta2)/2; theta0, theta1 sit at (1, 0), (-1, 0)
     and theta2, theta3 at their projections;
   random: Li et al. (2018) filter-normalised Gaussian directions, 1-D or 2-D.
+Grid points run as chosen per backend (train.resolve_execution): vmapped in
+chunks on an accelerator, one jitted call per point for a convolutional net
+on CPU (interpolate.map_points).
 """
 import dataclasses
 import functools
@@ -139,34 +142,39 @@ def point_params(plane: Plane, coords, mask: Optional[PyTree] = None) -> PyTree:
 
 
 @functools.lru_cache(maxsize=16)
-def _grid_program(model, eval_batch_size: int, chunk: int):
+def _grid_program(model, eval_batch_size: int, chunk: int, execution: str):
+  """(args, coords) -> metrics per point.
+
+  args = (origin, directions, mask, batch_stats, images, labels).
+  """
   evaluate = train.make_eval_fn(model, eval_batch_size)
 
-  def program(origin, directions, mask, batch_stats, coords, images, labels):
+  def at_point(args, coords):
+    origin, directions, mask, batch_stats, images, labels = args
     plane = Plane(origin, directions, {}, "")
-    at = lambda c: evaluate(point_params(plane, c, mask), batch_stats, images, labels)
-    return interpolate.chunked_vmap(at, coords, chunk)
+    return evaluate(point_params(plane, coords, mask), batch_stats, images, labels)
 
-  return jax.jit(program)
+  return interpolate.map_points(at_point, chunk, execution)
 
 
 def _evaluate_points(model, plane: Plane, coords: np.ndarray, batch_stats, images, labels, mask,
-                     chunk: int, eval_batch_size: int) -> Dict[str, np.ndarray]:
+                     chunk: int, eval_batch_size: int, execution: str) -> Dict[str, np.ndarray]:
   """{'loss', 'accuracy'} at each row of coords, one call per `chunk` points.
 
-  One call per chunk, not one for the grid, so progress can be reported; the
-  last chunk is padded with its last point, so every call has one shape and
-  compiles once.
+  One call per chunk, not one for the grid, so progress can be reported. When
+  vmapped, the last chunk is padded with its last point, so every call has
+  one shape and compiles once; sequential calls are per point anyway.
   """
   n = coords.shape[0]
   chunk = min(chunk, n)
-  program = _grid_program(model, eval_batch_size, chunk)
-  padded = np.concatenate([coords, np.repeat(coords[-1:], (-n) % chunk, axis=0)])
+  program = _grid_program(model, eval_batch_size, chunk, execution)
+  pad = (-n) % chunk if execution == "vmapped" else 0
+  padded = np.concatenate([coords, np.repeat(coords[-1:], pad, axis=0)])
+  args = (plane.origin, tuple(plane.directions), mask, batch_stats, images, labels)
   shown = progress.Progress("landscape grid", n, "points")
   outs = []
   for start in range(0, n, chunk):
-    outs.append(program(plane.origin, tuple(plane.directions), mask, batch_stats,
-                        jnp.asarray(padded[start:start + chunk]), images, labels))
+    outs.append(program(args, padded[start:start + chunk]))
     shown.update(min(start + chunk, n), wait=outs[-1])
   outs = jax.device_get(outs)
   return {k: np.concatenate([o[k] for o in outs])[:n] for k in ("loss", "accuracy")}
@@ -174,12 +182,14 @@ def _evaluate_points(model, plane: Plane, coords: np.ndarray, batch_stats, image
 
 def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: PyTree,
                   images, labels, *, mask: Optional[PyTree] = None, chunk: int = 16,
-                  eval_batch_size: int = 1000) -> Dict[str, np.ndarray]:
+                  eval_batch_size: int = 1000, execution: str = "auto") -> Dict[str, np.ndarray]:
   """Loss and error on the grid spanned by `axes` (one per direction).
 
   Returns arrays of shape (len(axes[1]), len(axes[0])) for a plane (rows: y),
   or (len(axes[0]),) for a line, plus the axes and the solutions' coordinates.
-  batch_stats are used as they are (eval mode) at every point.
+  batch_stats are used as they are (eval mode) at every point. chunk: points
+  per vmapped call when execution ('auto' | 'vmapped' | 'sequential',
+  train.resolve_execution) is 'vmapped'.
   """
   validate.positive("landscape chunk", chunk)
   validate.require(len(axes) == len(plane.directions),
@@ -187,8 +197,9 @@ def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: 
   validate.require(images.shape[0] > 0, "cannot evaluate a landscape on an empty split")
   mesh = np.meshgrid(*axes, indexing="xy")
   coords = np.stack([m.ravel() for m in mesh], axis=1).astype(np.float32)
+  execution = train.resolve_execution(execution, plane.origin)
   out = _evaluate_points(model, plane, coords, batch_stats, images, labels, mask, chunk,
-                         eval_batch_size)
+                         eval_batch_size, execution)
   shape = mesh[0].shape
   result = {"loss": np.asarray(out["loss"]).reshape(shape),
             "error": 1.0 - np.asarray(out["accuracy"]).reshape(shape)}

@@ -19,18 +19,26 @@ from lmcjax import validate
 
 PyTree = Any
 OPTIMIZERS = ("sgd", "adam", "adamw")
-# How K copies of a run train: 'vmapped' stacks them into one jit(vmap(scan))
-# program, which fills an accelerator; 'sequential' drives one jitted step per
-# copy from Python. XLA:CPU runs convolutions inside lax.scan ~15x slower, and
-# vmap turns them into grouped convolutions it also runs slowly, so on CPU the
-# plain step is fastest (bench/bench_analysis.py measures both).
+# How independent pieces of work run: K copies of a run, the alphas of an
+# interpolation path, landscape grid points, Hutchinson probes, Hessian
+# diagonal entries and the example chunks of one evaluation. 'vmapped' batches
+# them into one fused program (jit(vmap(...)) or lax.map/scan), which fills an
+# accelerator; 'sequential' drives one jitted call per piece from Python (or
+# unrolls the pieces under an outer jit). On XLA:CPU both batched forms lose
+# for convolutional nets: vmap over parameter copies turns each convolution
+# into a grouped convolution (3-4x slower for 4 copies), and XLA:CPU rewrites
+# convolutions to its fast NHWC/HWIO kernels only in a program's entry
+# computation, so the gradient convolutions of a differentiated loss inside a
+# lax.map/scan body fall back to a naive loop (~40x slower for ConvNet-3).
+# bench/bench_analysis.py and bench/bench_eval.py measure both.
 EXECUTIONS = ("auto", "vmapped", "sequential")
 
 
 def resolve_execution(choice: str, params: PyTree = None) -> str:
   """'auto' -> 'sequential' for a convolutional net (a 4-D kernel in params) on
   CPU, else 'vmapped'; an explicit choice is kept. A dense net on CPU gains
-  from vmap (x2 for 2-4 LeNet copies, bench/bench_analysis.py)."""
+  from vmap (x2 for 2-4 LeNet copies, bench/bench_analysis.py). params may be
+  tracers (the choice is made at trace time from their shapes)."""
   validate.choice("execution", choice, EXECUTIONS)
   if choice != "auto":
     return choice
@@ -176,31 +184,67 @@ def make_train_step(model, tx, augment_cfg, num_classes: int) -> Callable:
   return train_step
 
 
-def make_eval_fn(model, batch_size: int = 1000) -> Callable:
+def example_chunks(arrays: Tuple[jnp.ndarray, ...], batch_size: int) -> Tuple[jnp.ndarray, ...]:
+  """arrays (n leading rows each) padded to whole chunks of min(batch_size, n)
+  rows and reshaped to (num_chunks, chunk, ...), plus the chunks' 0/1 mask of
+  real (not padding) rows, last."""
+  n = arrays[0].shape[0]
+  validate.require(n > 0, "cannot evaluate on an empty split")
+  chunk = min(batch_size, n)
+  pad = (-n) % chunk
+  valid = jnp.arange(n + pad) < n
+  padded = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in arrays) + (valid,)
+  return tuple(a.reshape((-1, chunk) + a.shape[1:]) for a in padded)
+
+
+def sum_over_chunks(chunk_fn: Callable, args: PyTree, blocks: Tuple[jnp.ndarray, ...],
+                    execution: str) -> PyTree:
+  """The sum over chunks i of chunk_fn(args, block i) (a tree of arrays).
+
+  blocks: example_chunks' output. 'vmapped' scans the chunks with lax.map (one
+  loop in the program); 'sequential' loops over them in Python, so under an
+  outer jit the chunks are unrolled into the entry computation, where XLA:CPU
+  runs differentiated convolutions fast (see EXECUTIONS). A single chunk
+  skips the loop either way. Both sum the stacked per-chunk values in order.
+  """
+  num = blocks[0].shape[0]
+  if num == 1 or execution == "sequential":
+    parts = [chunk_fn(args, tuple(b[i] for b in blocks)) for i in range(num)]
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *parts)
+  else:
+    stacked = jax.lax.map(lambda block: chunk_fn(args, block), blocks)
+  return jax.tree.map(lambda s: jnp.sum(s, axis=0), stacked)
+
+
+def make_eval_fn(model, batch_size: int = 1000, execution: str = "vmapped") -> Callable:
   """Returns pure `evaluate(params, batch_stats, images, labels) -> {loss, accuracy}`.
 
-  The split is padded to whole chunks and scanned with lax.map, so memory is
-  one chunk of activations and the function vmaps over params (interpolation).
+  The split is padded to whole chunks of batch_size, so memory is one chunk
+  of activations, and the function vmaps over params (interpolation) and
+  differentiates (Hessian-vector products). execution says how the chunks
+  run (sum_over_chunks). The default, lax.map, is the fused program an
+  accelerator wants and also the fastest forward pass on XLA:CPU (4 chunks
+  of 250 in lax.map evaluate 1,000 ConvNet-3 images 1.4x faster than one
+  chunk and 1.7x faster than the chunks unrolled). A loss that is
+  differentiated should pass 'auto' (hessian.make_loss): on CPU it unrolls a
+  ConvNet's chunks, whose gradient convolutions are slow inside a loop.
   """
+  validate.choice("execution", execution, EXECUTIONS)
+
+  @jax.jit
+  def chunk_sums(variables, block):
+    params, batch_stats = variables
+    x, y, ok = block
+    logits, _ = forward(model, params, batch_stats, x, train=False)
+    losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], -1)[:, 0]
+    return jnp.sum(losses * ok), jnp.sum((jnp.argmax(logits, -1) == y) * ok)
 
   def evaluate(params, batch_stats, images, labels):
     n = images.shape[0]
-    validate.require(n > 0, "cannot evaluate on an empty split")
-    chunk = min(batch_size, n)
-    pad = (-n) % chunk
-    valid = jnp.arange(n + pad) < n
-    images = jnp.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1))
-    labels = jnp.pad(labels, (0, pad))
-    chunks = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), (images, labels, valid))
-
-    def chunk_sums(args):
-      x, y, ok = args
-      logits, _ = forward(model, params, batch_stats, x, train=False)
-      losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], -1)[:, 0]
-      return jnp.sum(losses * ok), jnp.sum((jnp.argmax(logits, -1) == y) * ok)
-
-    loss_sum, correct = jax.lax.map(chunk_sums, chunks)
-    return {"loss": jnp.sum(loss_sum) / n, "accuracy": jnp.sum(correct) / n}
+    blocks = example_chunks((images, labels), batch_size)
+    loss_sum, correct = sum_over_chunks(chunk_sums, (params, batch_stats), blocks,
+                                        resolve_execution(execution, params))
+    return {"loss": loss_sum / n, "accuracy": correct / n}
 
   return evaluate
 

@@ -113,3 +113,63 @@ def test_bad_input_is_a_clear_error(tiny, kwargs, match):
     x, y = x[:0], y[:0]
   with pytest.raises(validate.InputError, match=match):
     hessian.hutchinson(model, params, {}, x, y, jax.random.PRNGKey(0), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_conv():
+  """An instance-norm ConvNet (75 params), where XLA:CPU's execution matters, and its data."""
+  model = models.ConvNet(3, depth=1, width=3, norm="instance")
+  params, _ = train.init_variables(model, jax.random.PRNGKey(0), (4, 4, 1))
+  x = jax.random.normal(jax.random.PRNGKey(1), (10, 4, 4, 1))
+  return model, params, x, jnp.arange(10, dtype=jnp.int32) % 3
+
+
+def test_chunked_loss_and_its_hvp_agree_across_executions(tiny_conv):
+  # 10 examples in chunks of 4 (the last one padded): lax.map over the chunks
+  # and the Python loop over them are the same sum, value and curvature.
+  model, params, x, y = tiny_conv
+  v = hessian.rademacher(jax.random.PRNGKey(2), params)
+  out = {}
+  for execution in ("vmapped", "sequential"):
+    loss = lambda p, e=execution: hessian.make_loss(model, {}, x, y, 4, e)(p)
+    out[execution] = jax.jit(lambda p, w, f=loss: (f(p), hessian.hvp(f, p, w)))(params, v)
+  whole = hessian.make_loss(model, {}, x, y, 10)(params)  # one chunk: no loop at all
+  np.testing.assert_allclose(float(out["sequential"][0]), float(whole), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(out["vmapped"]), jax.tree.leaves(out["sequential"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_hutchinson_is_the_same_estimate_sequential_or_vmapped(tiny_conv):
+  # 10 probes in chunks of 4: the last chunk holds 2 probes, not 4 padded.
+  model, params, x, y = tiny_conv
+  key = jax.random.PRNGKey(3)
+  runs = {e: hessian.hutchinson(model, params, {}, x, y, key, max_probes=10, chunk=4,
+                                batch_size=4, execution=e) for e in ("vmapped", "sequential")}
+  a, b = runs["vmapped"], runs["sequential"]
+  assert a.num_probes == b.num_probes == 10
+  np.testing.assert_allclose(ravel_pytree(a.diagonal)[0], ravel_pytree(b.diagonal)[0],
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(ravel_pytree(a.stderr)[0], ravel_pytree(b.stderr)[0],
+                             rtol=1e-3, atol=1e-6)
+  np.testing.assert_allclose(a.trace, b.trace, rtol=1e-4)
+
+
+def test_exact_diagonal_of_a_convnet_skips_pruned_entries(tiny_conv):
+  # 'auto' is one coordinate per call here on CPU; the MLP test above covers
+  # the vmapped chunks.
+  model, params, x, y = tiny_conv
+  flat, unravel = ravel_pytree(params)
+  loss = hessian.make_loss(model, {}, x, y, 4)
+  want = np.diag(np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat)))
+  keep = np.arange(flat.size) % 3 != 0
+  mask = unravel(jnp.asarray(keep, flat.dtype))
+  got = np.asarray(ravel_pytree(hessian.exact_diagonal(model, params, {}, x, y, mask=mask,
+                                                       batch_size=4))[0])
+  assert np.all(got[~keep] == 0.0)
+  np.testing.assert_allclose(got[keep], want[keep], rtol=1e-4, atol=1e-6)
+
+
+def test_exact_diagonal_refuses_above_max_params_before_compute(tiny):
+  model, params, x, y = tiny
+  with pytest.raises(validate.InputError, match="55 here, above max_params=54"):
+    hessian.exact_diagonal(model, params, {}, x, y, max_params=54)

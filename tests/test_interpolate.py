@@ -166,3 +166,22 @@ def test_bad_input_is_a_clear_error(case):
     kwargs["bn_mode"], match = "reset", "training batches"
   with pytest.raises(validate.InputError, match=match):
     interpolate.evaluate_path(model, a, b, **kwargs)
+
+
+def test_sequential_and_vmapped_alphas_give_the_same_path():
+  # A BatchNorm ConvNet with a mask, BN reset, and 3 chunks of test examples:
+  # one jitted call per alpha (CPU) and the vmapped chunks of alphas
+  # (accelerators) evaluate the same models.
+  model = models.ConvNet(3, depth=1, width=4, norm="batch")
+  a, b = _ends(model)
+  x, y = _data()
+  bn = interpolate.bn_batches(x, 16, 2, jax.random.PRNGKey(0))
+  kwargs = dict(mask=_half_mask(a["params"]), bn_mode="reset", bn_images=bn,
+                eval_batch_size=16, alpha_chunk=2)
+  alphas = np.array([0.0, 0.4, 1.0, 1.3], np.float32)
+  paths = {e: interpolate.evaluate_path(model, a, b, alphas, x, y, execution=e, **kwargs)
+           for e in ("vmapped", "sequential")}
+  np.testing.assert_allclose(paths["sequential"]["loss"], paths["vmapped"]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(paths["sequential"]["error"], paths["vmapped"]["error"], atol=1e-7)
+  assert train.resolve_execution("auto", a["params"]) == (
+      "sequential" if jax.default_backend() == "cpu" else "vmapped")

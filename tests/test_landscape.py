@@ -108,3 +108,16 @@ def test_bad_input_is_a_clear_error():
     landscape.evaluate_grid(model, plane, (np.zeros(3),), {}, x, y, chunk=0)
   with pytest.raises(validate.InputError, match="empty split"):
     landscape.evaluate_grid(model, plane, (np.zeros(3),), {}, x[:0], y[:0])
+
+
+def test_sequential_and_vmapped_grid_points_agree():
+  model = models.ConvNet(3, depth=1, width=3, norm="instance")
+  (params,) = _params(model, (0,))
+  x = jax.random.normal(jax.random.PRNGKey(9), (40,) + SHAPE)
+  y = jnp.arange(40, dtype=jnp.int32) % 3
+  plane = landscape.random_plane(jax.random.PRNGKey(0), params, 2)
+  axes = (np.linspace(-1, 1, 3, dtype=np.float32), np.linspace(-1, 1, 2, dtype=np.float32))
+  grids = {e: landscape.evaluate_grid(model, plane, axes, {}, x, y, chunk=4, eval_batch_size=16,
+                                      execution=e) for e in ("vmapped", "sequential")}
+  np.testing.assert_allclose(grids["sequential"]["loss"], grids["vmapped"]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(grids["sequential"]["error"], grids["vmapped"]["error"], atol=1e-7)

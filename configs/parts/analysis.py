@@ -29,9 +29,12 @@ def get_section() -> ml_collections.ConfigDict:
       # Landscapes and the Hessian for 'all' analysed models, or only the
       # dense net and each source's sparsest analysed mask.
       detail_models="all",
-      # How the copies train: 'auto' = one jitted step driven from Python for
-      # convnets on CPU (convolutions in lax.scan are ~15x slower there), one
-      # vmapped scan otherwise; or 'vmapped' | 'sequential'.
+      # How the copies train and how alphas, grid points, Hessian probes and
+      # exact diagonal entries are evaluated: 'auto' = one jitted call per
+      # copy/alpha/point/probe driven from Python for convnets on CPU (XLA:CPU
+      # runs vmapped parameter copies as grouped convolutions and gradient
+      # convolutions inside lax.scan/map with a naive kernel), one vmapped
+      # program otherwise; or 'vmapped' | 'sequential' (train.resolve_execution).
       execution="auto",
       include_dense=True,
       num_branches=3,  # >= 3 for the three-point plane, >= 4 for the four-seed plane
@@ -45,7 +48,7 @@ def get_section() -> ml_collections.ConfigDict:
       num_alphas=31,
       alpha_min=0.0,
       alpha_max=1.0,
-      alpha_chunk=8,  # models held at once per vmapped evaluation
+      alpha_chunk=8,  # models held at once per vmapped evaluation (execution 'vmapped')
       eval_splits=("test", "train"),  # any of train | test | distilled
       # BatchNorm models: interpolate the running statistics (seed paper)
       # and/or recompute them on training batches at each alpha (BN reset).
@@ -72,7 +75,7 @@ def get_section() -> ml_collections.ConfigDict:
           resolution=21,
           margin=0.25,  # of the solutions' span, around planes through solutions
           span=1.0,  # +- this many direction lengths for random directions
-          chunk=32,
+          chunk=32,  # grid points per vmapped evaluation (execution 'vmapped')
           skip_bias_and_norm=True,  # Li et al.'s 'biasbn' option
       )),
       hessian=ml_collections.ConfigDict(dict(
@@ -88,7 +91,7 @@ def get_section() -> ml_collections.ConfigDict:
           ggn_chunk=50,  # examples per vmapped GGN call: chunk x classes x params floats
           # Hutchinson (method hutchinson, or the residual of ggn+residual).
           max_probes=64,
-          probe_chunk=8,
+          probe_chunk=8,  # probes per vmapped call, and between stopping-rule checks
           tol=0.05,  # stop once the relative standard error is below this
           # Top eigenvalues: Lanczos until each Ritz residual is <= lanczos_tol * |lambda|.
           lanczos_k=1,
