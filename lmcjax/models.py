@@ -6,6 +6,7 @@ BatchNorm keep running statistics in the 'batch_stats' collection.
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lmcjax import validate
@@ -16,13 +17,42 @@ BN_MOMENTUM = 0.9
 POOLS = ("avg", "max")
 
 
+class InstanceNorm(nn.Module):
+  """GroupNorm with one group per channel: each channel of each example is
+  standardised over its spatial axes, then scaled and shifted per channel.
+
+  The same function and parameters as nn.GroupNorm(num_groups=channels)
+  (tests/test_models.py), from direct per-channel moments: flax reshapes to
+  (..., groups, 1) and reduces a 5-D array, whose backward pass XLA:CPU runs
+  ~15% slower in a ConvNet-3 train step.
+  """
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,))
+    bias = self.param("bias", nn.initializers.zeros, (channels,))
+    spatial = tuple(range(1, x.ndim - 1))
+    mean = jnp.mean(x, axis=spatial, keepdims=True)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=spatial, keepdims=True)
+    return centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+# flax names a submodule after its class. Instance norm was nn.GroupNorm, so
+# keeping that name keeps parameter trees (GroupNorm_0/scale, ...) and saved
+# checkpoints unchanged.
+InstanceNorm.__name__ = "GroupNorm"
+
+
 def make_norm(kind: str, train: bool) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """Normalisation layer by name. Instance norm is GroupNorm with one group per
   channel and layer norm GroupNorm with a single group, as in the DC code."""
   if kind == "batch":
     return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)
   if kind == "instance":
-    return lambda x: nn.GroupNorm(num_groups=x.shape[-1], epsilon=1e-5)(x)
+    return InstanceNorm(epsilon=1e-5)
   if kind == "layer":
     return lambda x: nn.GroupNorm(num_groups=1, epsilon=1e-5)(x)
   return lambda x: x

@@ -1,4 +1,6 @@
 """Model output shapes and the prunable-weight counts of the paper's nets."""
+import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,3 +109,26 @@ def test_every_model_has_config_defaults_for_exactly_its_fields():
 def test_uses_batchnorm(cfg, expected):
   import ml_collections  # pylint: disable=g-import-not-at-top
   assert models.uses_batchnorm(ml_collections.ConfigDict(cfg)) == expected
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 6, 5), (2, 7, 3, 3)])
+def test_instance_norm_is_flax_group_norm_with_one_group_per_channel(shape):
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  x = 3.0 * jax.random.normal(keys[0], shape) + jax.random.normal(keys[1], shape[-1:])
+  params = {"params": {"scale": jax.random.normal(keys[2], shape[-1:]),
+                       "bias": jax.random.normal(keys[3], shape[-1:])}}
+  flax_norm = nn.GroupNorm(num_groups=shape[-1], epsilon=1e-5)
+  ours = models.InstanceNorm(epsilon=1e-5)
+  chex.assert_trees_all_equal_shapes(ours.init(keys[0], x), flax_norm.init(keys[0], x))
+  chex.assert_trees_all_close(ours.apply(params, x), flax_norm.apply(params, x), atol=1e-5)
+  loss = lambda norm: lambda p, x: jnp.sum(jnp.sin(norm.apply(p, x)))
+  chex.assert_trees_all_close(jax.grad(loss(ours), (0, 1))(params, x),
+                              jax.grad(loss(flax_norm), (0, 1))(params, x), atol=1e-4)
+
+
+def test_instance_norm_keeps_the_group_norm_parameter_names():
+  """Checkpoints saved while instance norm was nn.GroupNorm still load."""
+  params = _abstract_params(_model("convnet", width=4, norm="instance"), (28, 28, 1))["params"]
+  assert sorted(params) == ["Conv_0", "Conv_1", "Conv_2", "Dense_0",
+                            "GroupNorm_0", "GroupNorm_1", "GroupNorm_2"]
+  assert sorted(params["GroupNorm_0"]) == ["bias", "scale"]

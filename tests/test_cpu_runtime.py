@@ -1,0 +1,74 @@
+"""lmcjax's process-wide XLA:CPU settings: the flag, the opt-outs, and that a
+program with a large temporary buffer stops page-faulting it every call."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmcjax import cpu_runtime
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ("", cpu_runtime.YNN_SETTING),
+    ("--xla_dump_to=/tmp/d", "--xla_dump_to=/tmp/d " + cpu_runtime.YNN_SETTING),
+    # The user's own choice of YNN fusions wins.
+    ("--xla_cpu_experimental_ynn_fusion_type=", "--xla_cpu_experimental_ynn_fusion_type="),
+])
+def test_xla_flags_keep_the_users_setting(flags, expected):
+  assert cpu_runtime.xla_flags_with_defaults(flags) == expected
+
+
+def test_opt_out_leaves_the_environment_alone():
+  environ = {cpu_runtime.OPT_OUT: "0", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}
+  cpu_runtime.configure(environ)
+  assert environ == {cpu_runtime.OPT_OUT: "0", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, False),
+    ({"MALLOC_ARENA_MAX": "4"}, True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, True),
+    ({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX"}, False),
+])
+def test_user_malloc_settings_are_detected(environ, expected):
+  assert cpu_runtime.user_set_malloc(environ) == expected
+
+
+def test_cpu_only_follows_jax_platforms():
+  assert cpu_runtime.cpu_only({"JAX_PLATFORMS": "cpu"})
+  assert not cpu_runtime.cpu_only({"JAX_PLATFORMS": "cuda"})
+
+
+# The cumulative sum needs a ~50 MB temporary buffer, above glibc's largest
+# mmap threshold (32 MB): by default every call maps it afresh and faults in
+# all its pages. The median skips the first calls, while the heap grows.
+FAULTS_PER_CALL = """
+import resource
+import lmcjax
+import jax, jax.numpy as jnp, numpy as np
+f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) * x[::-1]))
+x = jnp.ones((1024, 4096))
+faults = []
+for _ in range(14):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  f(x).block_until_ready()
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(int(np.median(faults[6:])))
+"""
+
+
+def _median_faults(**env) -> int:
+  out = subprocess.run([sys.executable, "-c", FAULTS_PER_CALL], capture_output=True, text=True,
+                       check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO, **env})
+  return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_large_temporary_buffers_stop_page_faulting():
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  pages = 1024 * 4096 * 4 // 4096
+  assert _median_faults(**env, **{cpu_runtime.OPT_OUT: "0"}) > pages // 2
+  assert _median_faults(**env) < pages // 50
