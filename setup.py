@@ -33,6 +33,11 @@ EXTRAS = {
     "tfds": ["tensorflow-cpu>=2.21,<2.22"],
     # tensorboard: the tests read the event files back with TensorBoard's own reader.
     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "tensorboard>=2.20,<2.22"],
+    # bench/bench_peer.py only: the same workloads in PyTorch and PyHessian.
+    # PyPI's Linux torch wheel is the CUDA build (GBs); for the CPU one add
+    # --extra-index-url https://download.pytorch.org/whl/cpu. Nothing else in
+    # lmcjax, its tests included, imports torch.
+    "peer": ["torch==2.13.0", "pyhessian==0.1"],
 }
 
 setuptools.setup(
