@@ -237,8 +237,12 @@ def exact_diag_row(net: Net, work: str, count: int) -> Row:
   subset = CoordinateSubset(net.model, indices)
   values = {"values": flat[jnp.asarray(indices)]}
   x, y = jnp.asarray(net.images[:BATCH]), jnp.asarray(net.labels[:BATCH])
+  # The subset's own params hold no 4-D kernel, so 'auto' would not see the
+  # convolutions (vmapped tangents through them become grouped convolutions,
+  # far slower on CPU): use the execution exact_diagonal picks for the net itself.
+  execution = train.resolve_execution("auto", net.params)
   jax_fn = lambda: hessian.exact_diagonal(subset, values, {"base": net.params}, x, y,
-                                          batch_size=BATCH, max_params=count)
+                                          batch_size=BATCH, max_params=count, execution=execution)
   module = net.make_torch()
   batch = net.torch_batch(BATCH)
   torch_indices = np.linspace(0, flat.size - 1, count).round().astype(int)
