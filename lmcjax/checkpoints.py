@@ -17,6 +17,10 @@ from lmcjax import masks
 from lmcjax import validate
 
 PyTree = Any
+# The files orbax writes last for a tree and for a manager's step: a directory
+# without them is an unfinished or damaged copy.
+TREE_METADATA = "_METADATA"
+STEP_METADATA = "_CHECKPOINT_METADATA"
 
 
 def _plain(tree: PyTree) -> PyTree:
@@ -78,6 +82,9 @@ def load_tree(path: str, like: PyTree, what: str = "checkpoint") -> PyTree:
   """
   path = os.path.abspath(path)
   validate.require(os.path.isdir(path), f"{what} not found: {path}")
+  # Checked here, so that orbax does not log its own warnings before ours.
+  if not os.path.isfile(os.path.join(path, TREE_METADATA)):
+    raise _unreadable(what, path, ValueError(f"no {TREE_METADATA} file"))
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path)
     saved = getattr(meta, "item_metadata", meta)
@@ -110,6 +117,10 @@ class StateCheckpointer:
     step = self.manager.latest_step()
     if step is None:
       return None
+    step_dir = os.path.join(str(self.manager.directory), str(step))
+    if not os.path.isfile(os.path.join(step_dir, STEP_METADATA)):
+      raise _unreadable(f"training checkpoint at step {step} in", self.manager.directory,
+                        ValueError(f"no {STEP_METADATA} file"))
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(_template(state)))
     except (ValueError, OSError, KeyError) as e:

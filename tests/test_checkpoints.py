@@ -73,6 +73,26 @@ def test_truncated_checkpoint_is_one_line(tmp_path, damage):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("damage", ["truncated_data", "empty_step"])
+def test_damaged_training_checkpoint_is_one_line(tmp_path, damage):
+  state = {"w": np.arange(1000, dtype=np.float32)}
+  ckpt = checkpoints.StateCheckpointer(str(tmp_path / "c"), every_steps=1)
+  ckpt.save(3, state)
+  ckpt.close()
+  step_dir = str(tmp_path / "c" / "3")
+  if damage == "truncated_data":
+    data = _largest_data_file(step_dir)
+    with open(data, "r+b") as f:
+      f.truncate(os.path.getsize(data) // 2)
+  else:  # a step directory whose contents were lost
+    shutil.rmtree(step_dir)
+    os.makedirs(step_dir)
+  with pytest.raises(validate.InputError, match=r"^training checkpoint at step 3 in .* is "
+                     r"truncated or corrupt") as e:
+    checkpoints.StateCheckpointer(str(tmp_path / "c"), every_steps=1).restore_latest(state)
+  assert "\n" not in str(e.value)
+
+
 def test_failed_write_raises_os_error_and_keeps_the_earlier_tree(tmp_path):
   """A file-size limit (a full disk for the writer) in a child process."""
   script = f"""
