@@ -40,8 +40,10 @@ FLAGS = flags.FLAGS
 
 
 def hvp_rows_seconds(model, params, x, y, rows: int, chunk: int, repeats: int) -> float:
-  """Seconds for `rows` diagonal entries e_i^T H e_i (one HVP each), as
-  hessian.exact_diagonal computes them, vmapped in chunks."""
+  """Seconds for `rows` diagonal entries e_i^T H e_i, each a full-vector HVP,
+  vmapped in chunks: the plain method, the baseline of the GGN rows.
+  (hessian.exact_diagonal itself linearises each leaf's gradient once and
+  picks its execution per backend; bench/bench_eval.py times it.)"""
   flat, unravel = ravel_pytree(params)
   loss = hessian.make_loss(model, {}, x, y, 1000)
   entry = lambda i: ravel_pytree(hessian.hvp(loss, params, unravel(

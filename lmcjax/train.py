@@ -29,7 +29,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 # into a grouped convolution (3-4x slower for 4 copies), and XLA:CPU rewrites
 # convolutions to its fast NHWC/HWIO kernels only in a program's entry
 # computation, so the gradient convolutions of a differentiated loss inside a
-# lax.map/scan body fall back to a naive loop (~40x slower for ConvNet-3).
+# lax.map/scan body fall back to a naive loop (23-41x slower for ConvNet-3,
+# as measured: README, Performance).
 # bench/bench_analysis.py and bench/bench_eval.py measure both.
 EXECUTIONS = ("auto", "vmapped", "sequential")
 
