@@ -21,6 +21,7 @@ Every barrier and accuracy carries a 95% CI and its count (lmcjax.stats).
 """
 import os
 import re
+import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -354,6 +355,7 @@ def save_copies(parent: str, stacked: PyTree, num_copies: int) -> None:
   """Each copy's final {'params', 'batch_stats'}, so lmcjax.results can reload it."""
   for i in range(num_copies):
     checkpoints.save_tree(layout.branch_copy(parent, i), interpolate.take(stacked, i))
+  shutil.rmtree(layout.branch_checkpoints(parent), ignore_errors=True)
 
 
 def barrier_statistics(s, pairs: List[Dict[str, Any]], test_errors: List[float]) -> Dict[str, Any]:
@@ -378,7 +380,8 @@ def analyse_model(s, a, name: str, mask, start: PyTree, start_at: int, spec, spl
   copies = branches_lib.train_branches(s, spec, start["params"], start["batch_stats"], mask,
                                        prefix=("analysis", name), num_copies=a.num_branches,
                                        chunk=a.branch_chunk, start_step=branch_start,
-                                       execution=a.execution)
+                                       execution=a.execution,
+                                       checkpoint_dir=layout.branch_checkpoints(out_dir))
   stacked = copies.ends()
   jax.block_until_ready(stacked)
   timings["branches_s"] = time.perf_counter() - tick
@@ -436,7 +439,8 @@ def _instability_point(s, a, wd, name, mask, step, splits, log) -> Dict[str, Any
   copies = branches_lib.train_branches(
       s, s.config.train, start["params"], start["batch_stats"], mask,
       prefix=("instability", name, step), num_copies=c.num_copies, chunk=a.branch_chunk,
-      start_step=dense.start_step(s.config.imp.rewind_schedule, step), execution=a.execution)
+      start_step=dense.start_step(s.config.imp.rewind_schedule, step), execution=a.execution,
+      checkpoint_dir=layout.branch_checkpoints(layout.instability_point_dir(wd, name, step)))
   stacked = copies.ends()
   save_copies(layout.instability_point_dir(wd, name, step), stacked, c.num_copies)
   result = interpolate.pairwise(s.model, stacked, interpolate.default_alphas(c.num_alphas),

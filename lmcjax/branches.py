@@ -48,7 +48,7 @@ def seed_paths(prefix: Tuple[Any, ...], num_copies: int) -> List[Tuple[Any, ...]
 def train_branches(s, spec, params: PyTree, batch_stats: PyTree, mask: Optional[PyTree], *,
                    prefix: Tuple[Any, ...], num_copies: int, chunk: int,
                    images=None, labels=None, start_step: int = 0,
-                   execution: str = "auto") -> Branches:
+                   execution: str = "auto", checkpoint_dir: Optional[str] = None) -> Branches:
   """Trains num_copies SGD-noise copies of (params, batch_stats) under `mask`.
 
   Args:
@@ -61,6 +61,8 @@ def train_branches(s, spec, params: PyTree, batch_stats: PyTree, mask: Optional[
       `spec` (a rewind point): the copies train the remaining steps with the
       schedule continued (runtime.train_run).
     execution: 'auto' | 'vmapped' | 'sequential' (train.resolve_execution).
+    checkpoint_dir: where the copies save their state every
+      config.checkpoint_every_steps (if > 0); a killed run resumes from it.
   """
   validate.positive("num_branches", num_copies)
   validate.positive("branch chunk", chunk)
@@ -81,6 +83,8 @@ def train_branches(s, spec, params: PyTree, batch_stats: PyTree, mask: Optional[
   copies = [engine.seeded_copy(program, params, batch_stats, s.config.seeds, path, images, labels,
                                batch, start_step, f"branch {path}") for path in paths]
   states, losses = engine.run_copies(program, copies, mask, num_steps, execution=execution,
-                                     chunk=chunk, placer=parallel.batch_placer(s.config))
+                                     chunk=chunk, placer=parallel.batch_placer(s.config),
+                                     checkpoint_dir=checkpoint_dir,
+                                     checkpoint_every_steps=s.config.checkpoint_every_steps)
   return Branches(params=states.params, batch_stats=states.batch_stats, final_loss=losses,
                   seed_paths=paths, cost=train.data_cost(num_steps - start_step, batch, n))

@@ -17,6 +17,7 @@ to the order in which XLA:CPU reduces over the batch (see tests/test_engine.py).
 import dataclasses
 import functools
 import json
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lmcjax import checkpoints
 from lmcjax import progress
 from lmcjax import rng
 from lmcjax import train
@@ -236,33 +238,59 @@ def _scanned_steps(program: Program, copies: Sequence[Copy], mask) -> Callable:
   return advance
 
 
-def _run_vmapped(program: Program, copies: Sequence[Copy], mask, end: int):
+def _checkpointer(checkpoint_dir: Optional[str], every_steps: int, first: int, last: int):
+  """The StateCheckpointer of copies first..last (one directory each unit of
+  work, a copy or a vmapped chunk), or None when not checkpointing."""
+  if not checkpoint_dir or every_steps <= 0:
+    return None
+  return checkpoints.StateCheckpointer(
+      os.path.join(checkpoint_dir, f"copies_{first:03d}-{last:03d}"), every_steps)
+
+
+def _run_vmapped(program: Program, copies: Sequence[Copy], mask, end: int, checkpointer=None):
   starts = {int(c.state.step) for c in copies}
   validate.require(len(starts) == 1, f"vmapped copies must start at one step, got {sorted(starts)}")
-  return fit(_scanned_steps(program, copies, mask), stack([c.state for c in copies]),
-             starts.pop(), end, [c.name for c in copies])
+  states = stack([c.state for c in copies])
+  if checkpointer is not None:
+    states = checkpointer.restore_latest(states) or states
+  return fit(_scanned_steps(program, copies, mask), states, int(states.step[0]), end,
+             [c.name for c in copies], checkpointer=checkpointer)
+
+
+def _run_resumed(program: Program, copy: Copy, mask, end: int, placer, checkpointer):
+  if checkpointer is not None:
+    copy = dataclasses.replace(copy, state=checkpointer.restore_latest(copy.state) or copy.state)
+  return run(program, copy, mask, end, placer=placer, checkpointer=checkpointer)
 
 
 def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
-               execution: str = "auto", chunk: int = 0, placer=None) -> Tuple[Any, np.ndarray]:
+               execution: str = "auto", chunk: int = 0, placer=None,
+               checkpoint_dir: Optional[str] = None,
+               checkpoint_every_steps: int = 0) -> Tuple[Any, np.ndarray]:
   """Trains every copy to `end`; returns (states stacked on a copy axis, final losses (K,)).
 
   execution: 'vmapped' trains `chunk` copies at a time (0: all) as one
   jit(vmap(scan)) program; 'sequential' runs each copy with `run` (placer:
   see run); 'auto' picks per backend (train.resolve_execution).
+  checkpoint_dir: with checkpoint_every_steps > 0, each copy (sequential) or
+  chunk (vmapped) saves its state there that often and at its end, and a
+  rerun with the same arguments resumes from it to the same result.
   """
   execution = train.resolve_execution(execution, copies[0].state.params)
   shown = progress.Progress(f"{copies[0].name} and the rest", len(copies), "copies")
   if execution == "sequential":
     results = []
-    for c in copies:
-      results.append(run(program, c, mask, end, placer=placer))
+    for i, c in enumerate(copies):
+      ckpt = _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i)
+      results.append(_run_resumed(program, c, mask, end, placer, ckpt))
       shown.update(len(results))
     return stack([state for state, _ in results]), np.asarray([loss for _, loss in results])
   chunk = chunk or len(copies)
   results = []
   for i in range(0, len(copies), chunk):
-    results.append(_run_vmapped(program, copies[i:i + chunk], mask, end))
+    part = copies[i:i + chunk]
+    ckpt = _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i + len(part) - 1)
+    results.append(_run_vmapped(program, part, mask, end, ckpt))
     shown.update(min(i + chunk, len(copies)))
   concat = lambda *xs: jnp.concatenate(xs)
   return (jax.tree.map(concat, *[states for states, _ in results]),

@@ -58,6 +58,12 @@ def instability_point_dir(workdir: str, model: str, step: int) -> str:
   return os.path.join(analysis_dir(workdir), "instability", model, f"step_{step:07d}")
 
 
+def branch_checkpoints(parent: str) -> str:
+  """The copies' mid-training StateCheckpointer directories under `parent`,
+  removed once their final trees are saved."""
+  return os.path.join(parent, "copies", "ckpt")
+
+
 def branch_copy(parent: str, copy: int) -> str:
   """Orbax tree {'params', 'batch_stats'}: SGD-noise copy `copy` at the end of its training,
   under an analysed model's or an instability point's directory."""

@@ -11,6 +11,7 @@ rounding. Also runnable as `python tests/test_engine.py mlp`, which exits 1
 unless the vmapped copies equal the single runs bit for bit (the subprocess
 of the flag test: XLA_FLAGS must be set before JAX starts).
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -101,6 +102,26 @@ def test_vmapped_mlp_copies_are_the_single_runs_bit_for_bit_without_library_fusi
   if "Unknown flag" in done.stderr:
     pytest.skip(f"this XLA has no {NO_LIBRARY_FUSIONS}")
   assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("execution", ["sequential", "vmapped"])
+def test_copies_killed_after_a_checkpoint_resume_to_the_same_states(tmp_path, execution):
+  program, steps, make_copies = setting("mlp")
+  every = steps // 2
+  kwargs = dict(execution=execution, checkpoint_every_steps=every)
+  whole, whole_losses = engine.run_copies(program, make_copies(2), None, steps,
+                                          checkpoint_dir=str(tmp_path / "whole"), **kwargs)
+  # The first attempt stops at the checkpoint (as if killed right after it).
+  engine.run_copies(program, make_copies(2), None, every, checkpoint_dir=str(tmp_path / "cut"),
+                    **kwargs)
+  # The rerun's copies start from zeroed weights: only a restored checkpoint
+  # can bring it to the uninterrupted result.
+  zeroed = [dataclasses.replace(c, state=c.state.replace(
+      params=jax.tree.map(jnp.zeros_like, c.state.params))) for c in make_copies(2)]
+  resumed, resumed_losses = engine.run_copies(program, zeroed, None, steps,
+                                              checkpoint_dir=str(tmp_path / "cut"), **kwargs)
+  chex.assert_trees_all_equal(resumed, whole)
+  np.testing.assert_array_equal(resumed_losses, whole_losses)
 
 
 def test_a_diverging_vmapped_copy_raises_naming_copy_and_step():
