@@ -46,7 +46,7 @@ def smoke_pipeline(tmp_path_factory):
 
 def run_main(*args, timeout=300, **kwargs):
   """Runs launch/main.py in a subprocess; returns CompletedProcess. kwargs go to
-  subprocess.run (e.g. preexec_fn)."""
+  subprocess.run (e.g. env)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", "main.py"), *args],
                         capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs)

@@ -1,10 +1,12 @@
 """launch/main.py end to end, config overrides and one-line errors."""
 import json
 import os
-import resource
+import subprocess
+import sys
 
 import pytest
 
+from conftest import REPO
 from conftest import run_main
 
 
@@ -54,15 +56,20 @@ def test_unwritable_workdir_fails_before_compute(tmp_path):
   assert result.returncode != 0 and last.startswith("lmcjax: error: cannot write workdir"), last
 
 
-def _limit_file_size():
-  resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+# The child sets its own file-size limit, then runs launch/main.py: a
+# preexec_fn would fork this multithreaded (JAX) process, which can deadlock.
+LIMITED_MAIN = ("import resource, runpy, sys; "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000)); "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def test_full_disk_mid_run_is_one_line_and_leaves_no_torn_file(tmp_path):
   """A file-size limit in the child plays the full disk: the dense run's
   checkpoint (> 50 kB) cannot be written, after the small files were."""
-  result = run_main("--config", "configs/smoke.py", "--workdir", str(tmp_path),
-                    "--config.train.epochs=1", preexec_fn=_limit_file_size)
+  result = subprocess.run(
+      [sys.executable, "-c", LIMITED_MAIN, os.path.join(REPO, "launch", "main.py"), "--config",
+       "configs/smoke.py", "--workdir", str(tmp_path), "--config.train.epochs=1"],
+      capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
   last = result.stderr.strip().splitlines()[-1]
   assert result.returncode != 0, result.stderr[-1500:]
   assert last.startswith("lmcjax: error: cannot write") and "File too large" in last, last
