@@ -14,6 +14,7 @@ other (train.resolve_execution picks per backend). Copy i of run_copies is
 the run of `run` with the same copy: bit for bit when sequential; vmapped, up
 to the order in which XLA:CPU reduces over the batch (see tests/test_engine.py).
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -196,13 +197,16 @@ def run(program: Program, copy: Copy, mask, end: int, *, log_every: int = 0,
         on_step: Optional[Callable[[int, Any, Metrics], None]] = None) -> Tuple[Any, float]:
   """Trains one copy from copy.state.step to `end` with the Python-driven step.
 
-  placer (parallel.BatchPlacer), if given, replicates the state and mask and
+  checkpointer (checkpoints.StateCheckpointer), if given, resumes from its
+  latest saved state and saves the state as fit does. placer (parallel.BatchPlacer), if given, replicates the state and mask and
   shards each batch over the data-parallel mesh. on_step(done, state,
   metrics), if given, sees the state after every step before the next step
   donates it (rewind-point snapshots). Returns (state, the last step's loss).
   The copy's arrays are copied first, never donated.
   """
   state = jax.tree.map(jnp.array, copy.state)
+  if checkpointer is not None:  # a rerun resumes where the killed run last saved
+    state = checkpointer.restore_latest(state) or state
   if placer:
     state, mask = placer.replicate((state, mask))
   advance = _python_steps(program, copy, mask, placer, on_step)
@@ -238,13 +242,19 @@ def _scanned_steps(program: Program, copies: Sequence[Copy], mask) -> Callable:
   return advance
 
 
+@contextlib.contextmanager
 def _checkpointer(checkpoint_dir: Optional[str], every_steps: int, first: int, last: int):
   """The StateCheckpointer of copies first..last (one directory each unit of
-  work, a copy or a vmapped chunk), or None when not checkpointing."""
+  work, a copy or a vmapped chunk), closed on exit; None when not checkpointing."""
   if not checkpoint_dir or every_steps <= 0:
-    return None
-  return checkpoints.StateCheckpointer(
+    yield None
+    return
+  ckpt = checkpoints.StateCheckpointer(
       os.path.join(checkpoint_dir, f"copies_{first:03d}-{last:03d}"), every_steps)
+  try:
+    yield ckpt
+  finally:
+    ckpt.close()
 
 
 def _run_vmapped(program: Program, copies: Sequence[Copy], mask, end: int, checkpointer=None):
@@ -255,12 +265,6 @@ def _run_vmapped(program: Program, copies: Sequence[Copy], mask, end: int, check
     states = checkpointer.restore_latest(states) or states
   return fit(_scanned_steps(program, copies, mask), states, int(states.step[0]), end,
              [c.name for c in copies], checkpointer=checkpointer)
-
-
-def _run_resumed(program: Program, copy: Copy, mask, end: int, placer, checkpointer):
-  if checkpointer is not None:
-    copy = dataclasses.replace(copy, state=checkpointer.restore_latest(copy.state) or copy.state)
-  return run(program, copy, mask, end, placer=placer, checkpointer=checkpointer)
 
 
 def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
@@ -281,16 +285,16 @@ def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
   if execution == "sequential":
     results = []
     for i, c in enumerate(copies):
-      ckpt = _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i)
-      results.append(_run_resumed(program, c, mask, end, placer, ckpt))
+      with _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i) as ckpt:
+        results.append(run(program, c, mask, end, placer=placer, checkpointer=ckpt))
       shown.update(len(results))
     return stack([state for state, _ in results]), np.asarray([loss for _, loss in results])
   chunk = chunk or len(copies)
   results = []
   for i in range(0, len(copies), chunk):
     part = copies[i:i + chunk]
-    ckpt = _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i + len(part) - 1)
-    results.append(_run_vmapped(program, part, mask, end, ckpt))
+    with _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i + len(part) - 1) as ckpt:
+      results.append(_run_vmapped(program, part, mask, end, ckpt))
     shown.update(min(i + chunk, len(copies)))
   concat = lambda *xs: jnp.concatenate(xs)
   return (jax.tree.map(concat, *[states for states, _ in results]),

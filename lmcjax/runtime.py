@@ -107,7 +107,6 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
   checkpointer = None
   if checkpoint_dir:
     checkpointer = checkpoints.StateCheckpointer(checkpoint_dir, s.config.checkpoint_every_steps)
-    copy.state = checkpointer.restore_latest(copy.state) or copy.state
   end = num_steps if stop_step is None else min(stop_step, num_steps)
   state, _ = engine.run(program, copy, mask, end, log_every=s.config.log_every_steps,
                         on_log=log.logger(stage) if log else None, checkpointer=checkpointer,
