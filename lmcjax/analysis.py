@@ -436,13 +436,14 @@ def _instability_point(s, a, wd, name, mask, step, splits, log) -> Dict[str, Any
   """Copies from step `step` of the dense run (times the mask) and their barriers."""
   c = a.instability
   start = dense.load(s, wd, step, log)
+  point_dir = layout.instability_point_dir(wd, name, step)
   copies = branches_lib.train_branches(
       s, s.config.train, start["params"], start["batch_stats"], mask,
       prefix=("instability", name, step), num_copies=c.num_copies, chunk=a.branch_chunk,
       start_step=dense.start_step(s.config.imp.rewind_schedule, step), execution=a.execution,
-      checkpoint_dir=layout.branch_checkpoints(layout.instability_point_dir(wd, name, step)))
+      checkpoint_dir=layout.branch_checkpoints(point_dir))
   stacked = copies.ends()
-  save_copies(layout.instability_point_dir(wd, name, step), stacked, c.num_copies)
+  save_copies(point_dir, stacked, c.num_copies)
   result = interpolate.pairwise(s.model, stacked, interpolate.default_alphas(c.num_alphas),
                                 *splits[c.split], mask=mask,
                                 eval_batch_size=s.config.eval_batch_size,

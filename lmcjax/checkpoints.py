@@ -117,15 +117,14 @@ class StateCheckpointer:
     step = self.manager.latest_step()
     if step is None:
       return None
+    what = f"training checkpoint at step {step} in"
     step_dir = os.path.join(str(self.manager.directory), str(step))
     if not os.path.isfile(os.path.join(step_dir, STEP_METADATA)):
-      raise _unreadable(f"training checkpoint at step {step} in", self.manager.directory,
-                        ValueError(f"no {STEP_METADATA} file"))
+      raise _unreadable(what, self.manager.directory, ValueError(f"no {STEP_METADATA} file"))
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(_template(state)))
     except (ValueError, OSError, KeyError) as e:
-      raise _unreadable(f"training checkpoint at step {step} in",
-                        self.manager.directory, e) from e
+      raise _unreadable(what, self.manager.directory, e) from e
     return flax.serialization.from_state_dict(state, restored)
 
   def due(self, step: int) -> bool:
