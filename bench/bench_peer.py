@@ -1,33 +1,43 @@
-"""lmcjax against PyTorch (and PyHessian) doing the same work, in one process.
+"""lmcjax against PyTorch (and PyHessian) doing the same work.
 
   pip install -e '.[peer]'     # the CPU build of PyTorch 2.13 and PyHessian
   python bench/bench_peer.py [--repeats=3] [--rows=train,masked] [--device=cpu|gpu]
-                             [--landscape_resolution=21] [--quick]
+                             [--torch_malloc=both|own|lmcjax] [--landscape_resolution=21] [--quick]
 
-Each row builds both sides, checks that they compute the same loss on the same
+PyTorch runs in worker processes (bench/peer_worker.py) that never import lmcjax
+or JAX, so by default it runs as a PyTorch user runs it. Importing lmcjax sets
+glibc malloc to keep large blocks mapped (lmcjax/cpu_runtime.py), and that speeds
+up PyTorch's large-activation work as much as XLA's (ConvNet-3 w128 step on the
+2-core machine: 0.94 s -> 0.50 s). So with --torch_malloc=both (the default) a
+second worker runs PyTorch with the same settings, given as glibc environment
+variables, and the table shows its time and ratio too: lmcjax against PyTorch as
+installed, and against the fastest PyTorch we know how to run here.
+
+Each row builds every side, checks that they compute the same loss on the same
 weights (lmcjax's weights are copied into the torch model), runs each once
 untimed (compilation, oneDNN primitive caches), then times them interleaved:
-PyTorch, lmcjax, PyTorch, lmcjax, ... The table gives the medians of the wall
-times, the ratio PyTorch / lmcjax (above 1: lmcjax is faster) and the issue's
-target for it; and, because wall time on a shared machine mostly measures the
-neighbours, the medians of the process CPU time too.
+PyTorch, [PyTorch with lmcjax's malloc settings,] lmcjax, PyTorch, ... The table
+gives the medians of the wall times, the ratios PyTorch / lmcjax (above 1: lmcjax
+is faster) against the issue's target; and, because wall time on a shared
+machine mostly measures the neighbours, the medians of each process's CPU time.
 
 lmcjax runs through its public functions (models.create, engine.train_program,
 interpolate.evaluate_path, landscape.evaluate_grid, hessian.hutchinson,
 hessian.exact_diagonal) with their default execution settings, so the table
 measures whatever execution those choose on this backend.
 
-Importing lmcjax applies its XLA:CPU settings (lmcjax/cpu_runtime.py), among
-them glibc malloc options; PyTorch, in the same process, gets them too.
-
 --device=gpu: torch on cuda, JAX on its default backend (the accelerator).
 """
 import argparse
 import dataclasses
+import importlib.util
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 ROWS = ("train", "masked", "train_w128", "hutchinson", "exact_diag", "interpolation",
         "landscape", "lenet_train", "lenet_hutchinson", "lenet_interpolation",
@@ -42,6 +52,9 @@ def parse_args(argv=None):
   parser.add_argument("--threads", type=int, default=0,
                       help="run both frameworks on the first N CPUs only (0: all); on a shared "
                       "machine 1 keeps PyTorch's OpenMP barriers from waiting on descheduled threads")
+  parser.add_argument("--torch_malloc", choices=("both", "own", "lmcjax"), default="both",
+                      help="PyTorch with glibc's default malloc settings (own), with lmcjax's "
+                      "(lmcjax), or a column for each (both)")
   parser.add_argument("--steps", type=int, default=5, help="train steps per timed repeat")
   parser.add_argument("--landscape_resolution", type=int, default=21, help="grid side; times are per point")
   parser.add_argument("--exact_params", type=int, default=32, help="diagonal entries timed (per-parameter time)")
@@ -66,16 +79,16 @@ if ARGS is not None and ARGS.threads:
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lmcjax  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from flax import traverse_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -87,45 +100,37 @@ from lmcjax import pruning  # pylint: disable=g-import-not-at-top,wrong-import-p
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.configs.parts import train as train_part  # pylint: disable=g-import-not-at-top,wrong-import-position
-import peer_torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-if ARGS is not None and ARGS.threads:
-  torch.set_num_threads(ARGS.threads)
 
 NUM_CLASSES = 10
 BATCH = 256  # train steps and curvature
 EVAL_IMAGES = 1000  # interpolation and landscape
 # The issue's targets (PyTorch time / lmcjax time) by kind of work.
-TARGETS = {"train": 1.0, "hutchinson": 1.0, "exact": 1.0, "eval": 1.5}
+TARGETS = {"train": 1.0, "hutchinson": 1.0, "exact": 1.0, "interpolation": 1.5, "landscape": 1.5}
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_worker.py")
 
 
 @dataclasses.dataclass
 class Net:
-  """One network in both frameworks, and data for it."""
+  """One network, its weights, and images for it; `spec` describes it to the worker."""
   name: str
-  model: nn.Module  # lmcjax
+  model: nn.Module
   params: dict
-  make_torch: Callable[[], torch.nn.Module]  # a fresh torch model with params loaded
-  feature_shape: tuple  # the first Dense layer's input (h, w, c)
+  spec: dict
   images: np.ndarray  # NHWC float32
   labels: np.ndarray
-
-  def torch_arrays(self, tree) -> List[torch.Tensor]:
-    """A params-shaped lmcjax tree in torch layouts, on the torch device."""
-    return peer_torch.tensors(peer_torch.torch_layout(tree, self.feature_shape), DEVICE)
-
-  def torch_batch(self, n: int):
-    x = torch.as_tensor(np.ascontiguousarray(self.images[:n].transpose(0, 3, 1, 2)), device=DEVICE)
-    return x, torch.as_tensor(self.labels[:n].astype(np.int64), device=DEVICE)
 
 
 @dataclasses.dataclass
 class Row:
+  """One workload: `jax_fn` here, `torch_spec` (with its arrays) in each worker."""
   work: str
-  kind: str  # a key of TARGETS
+  target: Optional[float]  # the issue's, for ConvNet rows
   unit: str  # what the times are per
-  torch_fn: Callable[[], object]
   jax_fn: Callable[[], object]
+  torch_spec: dict
+  arrays: Dict[str, np.ndarray]
+  model: nn.Module
+  eval_params: dict  # the weights whose loss both sides check
   units: int = 1  # units of work per call
 
 
@@ -150,31 +155,29 @@ def build_net(name: str, model_overrides: Dict, image_shape, seed: int = 0) -> N
     images, labels = mnist_images(max(EVAL_IMAGES, BATCH))
   else:
     images, labels = random_images(max(EVAL_IMAGES, BATCH), image_shape)
+  spec = {"image_shape": list(image_shape), "num_classes": NUM_CLASSES}
   if cfg.name == "convnet":
     side = image_shape[0] // 2 ** cfg.depth
-    feature_shape = (side, side, cfg.width)
-    make = lambda: peer_torch.convnet(image_shape, cfg.width, cfg.depth, NUM_CLASSES)
+    spec.update(arch="convnet", width=cfg.width, depth=cfg.depth, feature_shape=[side, side, cfg.width])
   else:
-    feature_shape = image_shape
-    make = lambda: peer_torch.lenet(image_shape, NUM_CLASSES)
-  net = Net(name, model, params, None, feature_shape, images, labels)
-
-  def make_torch():
-    module = make().to(DEVICE)
-    peer_torch.load(module, net.torch_arrays(params))
-    return module
-
-  net.make_torch = make_torch
-  return net
+    spec.update(arch="lenet", feature_shape=list(image_shape))
+  return Net(name, model, params, spec, images, labels)
 
 
-def check_same_loss(net: Net) -> None:
-  """Both frameworks give the same eval loss on the same weights and images."""
-  ours = float(train.make_eval_fn(net.model, EVAL_IMAGES)(net.params, {}, net.images, net.labels)["loss"])
-  theirs, _ = peer_torch.evaluate(net.make_torch(), *net.torch_batch(EVAL_IMAGES))
-  print(f"# {net.name}: eval loss lmcjax {ours:.6f}  PyTorch {theirs:.6f}", flush=True)
-  if abs(ours - theirs) > 1e-4 * max(1.0, abs(ours)):
-    raise SystemExit(f"{net.name}: the two frameworks disagree on the loss; the rows would not time the same work")
+def tree_arrays(name: str, tree) -> Dict[str, np.ndarray]:
+  """A parameter tree as npz entries '<name>|<flax path>' (peer_worker.Arrays.tree)."""
+  flat = traverse_util.flatten_dict(jax.device_get(tree), sep=".")
+  return {f"{name}|{path}": np.asarray(value) for path, value in flat.items()}
+
+
+def make_row(net: Net, work: str, kind: str, unit: str, jax_fn, count: int, units: int = 1,
+             options=None, **arrays) -> Row:
+  """A row whose torch side gets net's weights and first `count` images, plus `arrays`."""
+  batch = {"images": net.images[:count], "labels": net.labels[:count]}
+  spec = {"kind": kind, "net": net.spec, "options": options or {}}
+  target = TARGETS[kind] if net.spec["arch"] == "convnet" else None  # LeNet rows are context
+  return Row(work, target, unit, jax_fn, spec, {**tree_arrays("params", net.params), **batch, **arrays},
+             net.model, net.params, units)
 
 
 # ---------------------------------------------------------------- rows
@@ -197,22 +200,17 @@ def train_row(net: Net, work: str, steps: int, masked: bool = False) -> Row:
       state[0], metrics = program.step(state[0], batch, mask)
     return float(metrics["loss"])
 
-  module = net.make_torch()
-  opt = torch.optim.SGD(module.parameters(), lr=spec.lr, momentum=spec.momentum,
-                        weight_decay=spec.weight_decay)
-  x, y = net.torch_batch(BATCH)
-  torch_mask = net.torch_arrays(mask) if masked else None
-  torch_fn = lambda: peer_torch.train_steps(module, opt, x, y, torch_mask, steps)
-  return Row(work, "train", "step", torch_fn, jax_fn, units=steps)
+  options = dict(lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                 masked=masked, steps=steps)
+  return make_row(net, work, "train", "step", jax_fn, BATCH, units=steps, options=options,
+                  **(tree_arrays("mask", mask) if masked else {}))
 
 
 def hutchinson_row(net: Net, work: str) -> Row:
   x, y = jnp.asarray(net.images[:BATCH]), jnp.asarray(net.labels[:BATCH])
   jax_fn = lambda: hessian.hutchinson(net.model, net.params, {}, x, y, jax.random.PRNGKey(0),
                                       max_probes=1, batch_size=BATCH).trace
-  module = net.make_torch()
-  batch = net.torch_batch(BATCH)
-  return Row(work, "hutchinson", "probe", lambda: peer_torch.hutchinson_probe(module, *batch, DEVICE), jax_fn)
+  return make_row(net, work, "hutchinson", "probe", jax_fn, BATCH)
 
 
 class CoordinateSubset(nn.Module):
@@ -233,8 +231,8 @@ class CoordinateSubset(nn.Module):
 
 def exact_diag_row(net: Net, work: str, count: int) -> Row:
   flat, _ = ravel_pytree(net.params)
-  indices = tuple(int(i) for i in np.linspace(0, flat.size - 1, count).round())
-  subset = CoordinateSubset(net.model, indices)
+  indices = np.linspace(0, flat.size - 1, count).round().astype(int)
+  subset = CoordinateSubset(net.model, tuple(int(i) for i in indices))
   values = {"values": flat[jnp.asarray(indices)]}
   x, y = jnp.asarray(net.images[:BATCH]), jnp.asarray(net.labels[:BATCH])
   # The subset's own params hold no 4-D kernel, so 'auto' would not see the
@@ -243,11 +241,7 @@ def exact_diag_row(net: Net, work: str, count: int) -> Row:
   execution = train.resolve_execution("auto", net.params)
   jax_fn = lambda: hessian.exact_diagonal(subset, values, {"base": net.params}, x, y,
                                           batch_size=BATCH, max_params=count, execution=execution)
-  module = net.make_torch()
-  batch = net.torch_batch(BATCH)
-  torch_indices = np.linspace(0, flat.size - 1, count).round().astype(int)
-  torch_fn = lambda: peer_torch.exact_diagonal_entries(module, *batch, torch_indices)
-  return Row(work, "exact", "parameter", torch_fn, jax_fn, units=count)
+  return make_row(net, work, "exact", "parameter", jax_fn, BATCH, units=count, indices=indices)
 
 
 def other_endpoint(net: Net):
@@ -261,11 +255,8 @@ def interpolation_row(net: Net, work: str) -> Row:
   jax_fn = lambda: interpolate.evaluate_path(
       net.model, {"params": net.params, "batch_stats": {}}, {"params": end_b, "batch_stats": {}},
       alphas, x, y)["loss"]
-  module = net.make_torch()
-  a, b = net.torch_arrays(net.params), net.torch_arrays(end_b)
-  batch = net.torch_batch(EVAL_IMAGES)
-  torch_fn = lambda: peer_torch.interpolation(module, a, b, [float(t) for t in alphas], *batch)
-  return Row(work, "eval", "alpha", torch_fn, jax_fn, units=len(alphas))
+  return make_row(net, work, "interpolation", "alpha", jax_fn, EVAL_IMAGES, units=len(alphas),
+                  alphas=np.asarray(alphas), **tree_arrays("end_b", end_b))
 
 
 def landscape_row(net: Net, work: str, resolution: int) -> Row:
@@ -273,13 +264,11 @@ def landscape_row(net: Net, work: str, resolution: int) -> Row:
   axes = landscape.grid_axes(plane, resolution)
   x, y = jnp.asarray(net.images[:EVAL_IMAGES]), jnp.asarray(net.labels[:EVAL_IMAGES])
   jax_fn = lambda: landscape.evaluate_grid(net.model, plane, axes, {}, x, y)["loss"]
-  module = net.make_torch()
-  origin = net.torch_arrays(plane.origin)
-  directions = [net.torch_arrays(d) for d in plane.directions]
-  coords = [(cx, cy) for cy in axes[1] for cx in axes[0]]
-  batch = net.torch_batch(EVAL_IMAGES)
-  torch_fn = lambda: peer_torch.landscape(module, origin, directions, coords, *batch)
-  return Row(work, "eval", "point", torch_fn, jax_fn, units=len(coords))
+  coords = np.asarray([(cx, cy) for cy in axes[1] for cx in axes[0]], np.float64)
+  directions = {k: v for i, d in enumerate(plane.directions) for k, v in tree_arrays(f"direction{i}", d).items()}
+  # The plane's origin is net.params, the row's "params".
+  return make_row(net, work, "landscape", "point", jax_fn, EVAL_IMAGES, units=len(coords),
+                  coords=coords, **directions)
 
 
 def build_rows(args) -> List[Row]:
@@ -305,61 +294,140 @@ def build_rows(args) -> List[Row]:
       "lenet_landscape": lambda: landscape_row(lenet, "LeNet-300-100 landscape",
                                                args.landscape_resolution),
   }
-  for net in (conv, lenet):
-    check_same_loss(net)
   return [builders[name]() for name in ROWS if name in wanted]
+
+
+# ---------------------------------------------------------------- PyTorch workers
+
+
+class TorchWorker:
+  """One peer_worker.py process, spoken to in JSON lines."""
+
+  def __init__(self, label: str, env_overrides: Dict[str, str], args, scratch: str):
+    env = {k: v for k, v in os.environ.items() if k not in cpu_runtime.MALLOC_ENV}
+    env.update(env_overrides)
+    command = [sys.executable, WORKER, "--device", "cuda" if args.device == "gpu" else "cpu",
+               "--threads", str(args.threads)]
+    self.label, self.scratch = label, scratch
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True, env=env)
+
+  def ask(self, **command) -> dict:
+    self.process.stdin.write(json.dumps(command) + "\n")
+    self.process.stdin.flush()
+    answer = self.process.stdout.readline()
+    if not answer:
+      raise SystemExit(f"the PyTorch worker ({self.label}) exited with {self.process.wait()}")
+    return json.loads(answer)
+
+  def build(self, index: int, row: Row) -> float:
+    path = os.path.join(self.scratch, f"row{index}.npz")
+    if not os.path.exists(path):
+      np.savez(path, **row.arrays)
+    return self.ask(op="build", row=index, spec={**row.torch_spec, "arrays": path})["loss"]
+
+  def close(self) -> None:
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def start_workers(args, scratch: str) -> List[TorchWorker]:
+  """PyTorch as its users run it, and/or with lmcjax's malloc settings."""
+  if importlib.util.find_spec("torch") is None:
+    raise SystemExit("bench_peer.py needs PyTorch: pip install -e '.[peer]'")
+  choices = {"own": ("PyTorch", {}),
+             "lmcjax": ("PyTorch, lmcjax's malloc", cpu_runtime.MALLOC_ENV_SETTINGS)}
+  wanted = ("own", "lmcjax") if args.torch_malloc == "both" else (args.torch_malloc,)
+  return [TorchWorker(*choices[w], args, scratch) for w in wanted]
+
+
+def check_same_loss(index: int, row: Row, workers: Sequence[TorchWorker]) -> None:
+  """Builds the row in every worker, which answers with its eval loss on the
+  row's weights and images: each must match lmcjax's, or the row would not
+  time the same work."""
+  images, labels = row.arrays["images"], row.arrays["labels"]
+  ours = float(train.make_eval_fn(row.model, len(images))(row.eval_params, {}, images, labels)["loss"])
+  for worker in workers:
+    theirs = worker.build(index, row)
+    if abs(ours - theirs) > 1e-4 * max(1.0, abs(ours)):
+      raise SystemExit(f"{row.work}: eval loss lmcjax {ours:.6f}, {worker.label} {theirs:.6f}; "
+                       "the two would not time the same work")
 
 
 # ---------------------------------------------------------------- timing
 
 
-def timed(fn: Callable[[], object]):
+def timed_here(fn: Callable[[], object]):
   """(wall, process CPU) seconds of fn(); fn returns host values, so it has finished."""
   wall, cpu = time.perf_counter(), time.process_time()
   fn()
-  peer_torch.sync(DEVICE)
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(row: Row, repeats: int) -> Dict[str, np.ndarray]:
-  """Per-unit (wall, cpu) medians of each side, timed interleaved after a warm-up."""
-  row.torch_fn(), row.jax_fn()
-  samples = {"torch": [], "jax": []}
+def timed_there(worker: TorchWorker, index: int):
+  answer = worker.ask(op="time", row=index)
+  return answer["wall"], answer["cpu"]
+
+
+def measure(index: int, row: Row, workers: Sequence[TorchWorker], repeats: int) -> List[np.ndarray]:
+  """Per-unit (wall, cpu) medians of each worker's side, then lmcjax's, timed
+  interleaved after a warm-up of each."""
+  sides = [lambda w=w: timed_there(w, index) for w in workers] + [lambda: timed_here(row.jax_fn)]
+  for side in sides:
+    side()
+  samples = [[] for _ in sides]
   for _ in range(repeats):
-    samples["torch"].append(timed(row.torch_fn))
-    samples["jax"].append(timed(row.jax_fn))
-  return {k: np.median(np.asarray(v), axis=0) / row.units for k, v in samples.items()}
+    for side, taken in zip(sides, samples):
+      taken.append(side())
+  return [np.median(np.asarray(taken), axis=0) / row.units for taken in samples]
 
 
 def seconds(value: float) -> str:
   return f"{value:.3g} s" if value >= 0.01 else f"{value * 1e3:.3g} ms"
 
 
-def table_line(row: Row, result) -> str:
-  (t_wall, t_cpu), (j_wall, j_cpu) = result["torch"], result["jax"]
-  ratio, target = t_wall / j_wall, TARGETS[row.kind]
-  return (f"| {row.work} (per {row.unit}) | {seconds(t_wall)} | {seconds(j_wall)} | {ratio:.2f} | "
-          f">= {target:.1f} | {'yes' if ratio >= target else 'no'} | {seconds(t_cpu)} | "
-          f"{seconds(j_cpu)} | {t_cpu / j_cpu:.2f} |")
+def table_line(row: Row, results: Sequence[np.ndarray]) -> str:
+  *theirs, (j_wall, j_cpu) = results
+  target = row.target
+  cells = [row.work + f" (per {row.unit})"]
+  for t_wall, _ in theirs:
+    ratio = t_wall / j_wall
+    met = "" if target is None else ("yes" if ratio >= target else "no")
+    cells += [seconds(t_wall), f"{ratio:.2f}", met]
+  cells += [seconds(j_wall), "" if target is None else f">= {target:.1f}"]
+  cells += [seconds(j_cpu)] + [f"{t_cpu / j_cpu:.2f}" for _, t_cpu in theirs]
+  return "| " + " | ".join(cells) + " |"
 
 
-def header(args) -> str:
+def header(args, workers: Sequence[TorchWorker], info: dict) -> str:
+  columns = ["work"]
+  for worker in workers:
+    columns += [worker.label, "ratio", "met"]
+  columns += ["lmcjax", "target", "lmcjax CPU"] + [f"CPU ratio, {w.label}" for w in workers]
   return "\n".join([
       f"# jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)); "
-      f"torch {torch.__version__} on {DEVICE} ({torch.get_num_threads()} threads); "
-      f"PyHessian {'yes' if peer_torch.pyhessian_hessian else 'absent (own HVP)'}; "
+      f"torch {info['torch']} on {DEVICE} ({info['threads']} threads); "
+      f"PyHessian {'yes' if info['pyhessian'] else 'absent (own HVP)'}; "
       f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
       f"# medians of {args.repeats} interleaved repeats; ratio = PyTorch / lmcjax (> 1: lmcjax faster)",
       "",
-      "| work | PyTorch | lmcjax | ratio | target | met | PyTorch CPU | lmcjax CPU | CPU ratio |",
-      "|---|---:|---:|---:|---:|:-:|---:|---:|---:|"])
+      "| " + " | ".join(columns) + " |",
+      "|---|" + "---:|" * (len(columns) - 1)])
 
 
 def main(args) -> None:
   rows = build_rows(args)
-  print(header(args), flush=True)
-  for row in rows:
-    print(table_line(row, measure(row, args.repeats)), flush=True)
+  with tempfile.TemporaryDirectory(prefix="bench_peer_") as scratch:
+    workers = start_workers(args, scratch)
+    try:
+      for index, row in enumerate(rows):
+        check_same_loss(index, row, workers)
+      print(header(args, workers, workers[0].ask(op="info")), flush=True)
+      for index, row in enumerate(rows):
+        print(table_line(row, measure(index, row, workers, args.repeats)), flush=True)
+    finally:
+      for worker in workers:
+        worker.close()
   print(f"\n# load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -103,11 +103,21 @@ def exists(path: str) -> bool:
   return os.path.isdir(path)
 
 
+def _check_newest_step(directory: str) -> None:
+  """A newest step directory without its metadata (its contents lost) is our
+  one line; orbax would log warnings of its own before failing."""
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  if steps and not os.path.isfile(os.path.join(directory, str(max(steps)), STEP_METADATA)):
+    raise _unreadable(f"training checkpoint at step {max(steps)} in", directory,
+                      ValueError(f"no {STEP_METADATA} file"))
+
+
 class StateCheckpointer:
   """Periodic checkpoints of a TrainState in `directory`, for kill-safe resume."""
 
   def __init__(self, directory: str, every_steps: int, max_to_keep: int = 2):
     self.every_steps = every_steps
+    _check_newest_step(os.path.abspath(directory))  # before orbax reads it
     self.manager = ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -118,9 +128,6 @@ class StateCheckpointer:
     if step is None:
       return None
     what = f"training checkpoint at step {step} in"
-    step_dir = os.path.join(str(self.manager.directory), str(step))
-    if not os.path.isfile(os.path.join(step_dir, STEP_METADATA)):
-      raise _unreadable(what, self.manager.directory, ValueError(f"no {STEP_METADATA} file"))
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(_template(state)))
     except (ValueError, OSError, KeyError) as e:

@@ -39,6 +39,11 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 MALLOPT_SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_ARENA_MAX, 1))
 MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
               "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+# The same settings as glibc environment variables, for a process that does not
+# import lmcjax (bench/bench_peer.py gives them to its PyTorch worker).
+MALLOPT_ENV_NAMES = {M_MMAP_MAX: "MALLOC_MMAP_MAX_", M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_",
+                     M_ARENA_MAX: "MALLOC_ARENA_MAX"}
+MALLOC_ENV_SETTINGS = {MALLOPT_ENV_NAMES[param]: str(value) for param, value in MALLOPT_SETTINGS}
 
 
 def xla_flags_with_defaults(flags: str) -> str:
