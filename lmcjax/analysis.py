@@ -351,11 +351,54 @@ def _branch_errors(s, stacked, num: int) -> List[float]:
           for i in range(num)]
 
 
-def save_copies(parent: str, stacked: PyTree, num_copies: int) -> None:
-  """Each copy's final {'params', 'batch_stats'}, so lmcjax.results can reload it."""
+def save_copies(parent: str, copies: branches_lib.Branches, num_copies: int) -> None:
+  """Each copy's final {'params', 'batch_stats'}, so lmcjax.results can reload
+  it, then the record that marks them complete (for trained_copies)."""
+  stacked = copies.ends()
   for i in range(num_copies):
     checkpoints.save_tree(layout.branch_copy(parent, i), interpolate.take(stacked, i))
+  logs.write_json(layout.branch_copies_record(parent),
+                  {"num_copies": num_copies, "final_loss": np.asarray(copies.final_loss).tolist(),
+                   "cost": copies.cost})
   shutil.rmtree(layout.branch_checkpoints(parent), ignore_errors=True)
+
+
+def _saved_copies(parent: str, like: PyTree, num_copies: int,
+                  prefix: Tuple[Any, ...]) -> Optional[branches_lib.Branches]:
+  """The copies a killed earlier attempt of this stage finished and saved (the
+  pipeline moves outputs of other inputs aside), or None."""
+  record_path = layout.branch_copies_record(parent)
+  if not os.path.exists(record_path):
+    return None
+  record = logs.read_json(record_path)
+  if record.get("num_copies") != num_copies:
+    return None
+  trees = [checkpoints.load_tree(layout.branch_copy(parent, i), like, what="saved branch copy")
+           for i in range(num_copies)]
+  stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
+  return branches_lib.Branches(stacked["params"], stacked["batch_stats"],
+                               np.asarray(record["final_loss"]),
+                               branches_lib.seed_paths(prefix, num_copies), record["cost"])
+
+
+def trained_copies(s, spec, start: PyTree, mask, parent: str, *, num_copies: int,
+                   prefix: Tuple[Any, ...], **train_kwargs) -> branches_lib.Branches:
+  """branches.train_branches from `start`, checkpointed under `parent` and saved
+  there; copies saved by an earlier attempt are reloaded instead of retrained
+  (bit for bit the same: the training is deterministic and the trees exact)."""
+  like = {"params": start["params"], "batch_stats": start["batch_stats"]}
+  saved = _saved_copies(parent, like, num_copies, prefix)
+  if saved is not None:
+    logging.info("branches under %s: reloaded the %d copies an earlier attempt saved",
+                 parent, num_copies)
+    return saved
+  copies = branches_lib.train_branches(s, spec, start["params"], start["batch_stats"], mask,
+                                       prefix=prefix, num_copies=num_copies,
+                                       checkpoint_dir=layout.branch_checkpoints(parent),
+                                       **train_kwargs)
+  jax.block_until_ready(copies.ends())
+  save_copies(parent, copies, num_copies)
+  return copies
 
 
 def barrier_statistics(s, pairs: List[Dict[str, Any]], test_errors: List[float]) -> Dict[str, Any]:
@@ -377,15 +420,11 @@ def analyse_model(s, a, name: str, mask, start: PyTree, start_at: int, spec, spl
   os.makedirs(out_dir, exist_ok=True)
   timings, tick = {}, time.perf_counter()
   branch_start = dense.start_step(s.config.imp.rewind_schedule, start_at)
-  copies = branches_lib.train_branches(s, spec, start["params"], start["batch_stats"], mask,
-                                       prefix=("analysis", name), num_copies=a.num_branches,
-                                       chunk=a.branch_chunk, start_step=branch_start,
-                                       execution=a.execution,
-                                       checkpoint_dir=layout.branch_checkpoints(out_dir))
+  copies = trained_copies(s, spec, start, mask, out_dir, num_copies=a.num_branches,
+                          prefix=("analysis", name), chunk=a.branch_chunk,
+                          start_step=branch_start, execution=a.execution)
   stacked = copies.ends()
-  jax.block_until_ready(stacked)
   timings["branches_s"] = time.perf_counter() - tick
-  save_copies(out_dir, stacked, a.num_branches)
   tick = time.perf_counter()
   paths = _paths(s, a, stacked, mask, splits, out_dir)
   timings["interpolation_s"] = time.perf_counter() - tick
@@ -437,13 +476,11 @@ def _instability_point(s, a, wd, name, mask, step, splits, log) -> Dict[str, Any
   c = a.instability
   start = dense.load(s, wd, step, log)
   point_dir = layout.instability_point_dir(wd, name, step)
-  copies = branches_lib.train_branches(
-      s, s.config.train, start["params"], start["batch_stats"], mask,
-      prefix=("instability", name, step), num_copies=c.num_copies, chunk=a.branch_chunk,
-      start_step=dense.start_step(s.config.imp.rewind_schedule, step), execution=a.execution,
-      checkpoint_dir=layout.branch_checkpoints(point_dir))
-  stacked = copies.ends()
-  save_copies(point_dir, stacked, c.num_copies)
+  stacked = trained_copies(
+      s, s.config.train, start, mask, point_dir, num_copies=c.num_copies,
+      prefix=("instability", name, step), chunk=a.branch_chunk,
+      start_step=dense.start_step(s.config.imp.rewind_schedule, step),
+      execution=a.execution).ends()
   result = interpolate.pairwise(s.model, stacked, interpolate.default_alphas(c.num_alphas),
                                 *splits[c.split], mask=mask,
                                 eval_batch_size=s.config.eval_batch_size,

@@ -64,6 +64,12 @@ def branch_checkpoints(parent: str) -> str:
   return os.path.join(parent, "copies", "ckpt")
 
 
+def branch_copies_record(parent: str) -> str:
+  """JSON of the saved copies' count, final training losses and cost, written
+  after their trees: its presence means every copy under `parent` is saved."""
+  return os.path.join(parent, "copies", "copies.json")
+
+
 def branch_copy(parent: str, copy: int) -> str:
   """Orbax tree {'params', 'batch_stats'}: SGD-noise copy `copy` at the end of its training,
   under an analysed model's or an instability point's directory."""

@@ -108,6 +108,32 @@ def test_a_rerun_is_bit_identical(tmp_path):
   assert runs[0] == runs[1]
 
 
+def test_a_rerun_after_a_kill_reloads_the_saved_copies(tmp_path, monkeypatch):
+  """An attempt killed after its branches were saved: the rerun reloads every
+  analysed model's and instability point's copies instead of retraining them,
+  and reaches the same numbers."""
+  config = _config()
+  config.train = train_part.train_spec(epochs=2)
+  a = config.analysis
+  a.hessian.enabled, a.landscape.kinds, a.eval_splits = False, (), ("test",)
+  a.instability.update(enabled=True, rewind_epochs=(0.0, 1.0), num_alphas=5, num_copies=3)
+  wd = str(tmp_path)
+  _write_imp_outputs(config, wd)
+  first = pipeline.run(config, wd)["analysis"]
+  instability = logs.read_json(os.path.join(layout.analysis_dir(wd), "instability.json"))
+  os.remove(os.path.join(wd, "stages", "analysis.done.json"))  # as if killed before the end
+
+  def retrain(*args, **kwargs):
+    raise AssertionError("branches retrained")
+  monkeypatch.setattr(analysis.branches_lib, "train_branches", retrain)
+  second = pipeline.run(config, wd)["analysis"]
+  assert second["resumed"]
+  for name, model in first["models"].items():
+    for key in ("barrier_stats", "branch_final_train_loss", "branch_cost", "branch_test_error"):
+      assert second["models"][name][key] == model[key], (name, key)
+  assert logs.read_json(os.path.join(layout.analysis_dir(wd), "instability.json")) == instability
+
+
 @pytest.mark.parametrize("path,value,match", [
     ("num_branches", 1, "num_branches must be >= 2"),
     ("alpha_chunk", 0, "alpha_chunk must be > 0"),
