@@ -80,6 +80,7 @@ class Worker:
     arrays = Arrays(spec["arrays"])
     model = self.make_model(spec, arrays.tree("params"))
     x, y = self.batch(arrays)
+    loss, _ = peer_torch.evaluate(model, x, y)  # before the workload changes any weight
     kind, opts = spec["kind"], spec.get("options", {})
     if kind == "train":
       opt = torch.optim.SGD(model.parameters(), lr=opts["lr"], momentum=opts["momentum"],
@@ -102,7 +103,6 @@ class Worker:
     else:
       raise ValueError(f"unknown row kind {kind!r}")
     self.rows[row] = fn
-    loss, _ = peer_torch.evaluate(self.make_model(spec, arrays.tree("params")), x, y)
     return {"loss": loss}
 
   def time(self, row: str) -> dict:

@@ -32,6 +32,7 @@ import numpy as np
 from lmcjax import branches as branches_lib
 from lmcjax import checkpoints
 from lmcjax import dense
+from lmcjax import engine
 from lmcjax import hessian
 from lmcjax import imp
 from lmcjax import interpolate
@@ -351,10 +352,10 @@ def _branch_errors(s, stacked, num: int) -> List[float]:
           for i in range(num)]
 
 
-def save_copies(parent: str, copies: branches_lib.Branches, num_copies: int) -> None:
+def save_copies(parent: str, copies: branches_lib.Branches) -> None:
   """Each copy's final {'params', 'batch_stats'}, so lmcjax.results can reload
   it, then the record that marks them complete (for trained_copies)."""
-  stacked = copies.ends()
+  stacked, num_copies = copies.ends(), len(copies.final_loss)
   for i in range(num_copies):
     checkpoints.save_tree(layout.branch_copy(parent, i), interpolate.take(stacked, i))
   logs.write_json(layout.branch_copies_record(parent),
@@ -375,7 +376,7 @@ def _saved_copies(parent: str, like: PyTree, num_copies: int,
     return None
   trees = [checkpoints.load_tree(layout.branch_copy(parent, i), like, what="saved branch copy")
            for i in range(num_copies)]
-  stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
+  stacked = engine.stack(trees)
   return branches_lib.Branches(stacked["params"], stacked["batch_stats"],
                                np.asarray(record["final_loss"]),
                                branches_lib.seed_paths(prefix, num_copies), record["cost"])
@@ -397,7 +398,7 @@ def trained_copies(s, spec, start: PyTree, mask, parent: str, *, num_copies: int
                                        checkpoint_dir=layout.branch_checkpoints(parent),
                                        **train_kwargs)
   jax.block_until_ready(copies.ends())
-  save_copies(parent, copies, num_copies)
+  save_copies(parent, copies)
   return copies
 
 
