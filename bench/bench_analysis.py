@@ -13,8 +13,10 @@ once before timing) and their ratio, all measured in this one run:
 Then ConvNet-3 w32 (instance norm) on 32x32x3 images (random CIFAR-shaped
 pixels, 5,000 train: the cost is that of CIFAR-10 5k), where the execution is
 chosen per backend: SGD-noise branches per copy-epoch, with the 'auto' choice
-(on CPU: the jitted step driven from Python) and with the vmapped scan,
-against the train stage per epoch. The last line is
+(on CPU: the jitted step driven from Python) and vmapped, against the train
+stage per epoch; then the two forms of vmapped copies over the same
+--conv_scan_steps steps, a jit(vmap(step)) call per step (CPU's choice) and
+one jit(vmap(scan)) call (the accelerators'), and their ratio. The last line is
   conv branches per copy-epoch / train stage per epoch: R
 """
 import os
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import landscape  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -41,7 +44,9 @@ from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-pos
 flags.DEFINE_integer("epochs", 3, "Training epochs of each branch copy.")
 flags.DEFINE_integer("repeats", 2, "Timed repeats; the best is reported.")
 flags.DEFINE_integer("conv_epochs", 1, "Epochs of each ConvNet run (train stage and copies).")
-flags.DEFINE_bool("conv_vmapped", True, "Also time the vmapped scan on the ConvNet (slow on CPU).")
+flags.DEFINE_bool("conv_vmapped", True, "Also time vmapped ConvNet copies, per step and scanned.")
+flags.DEFINE_integer("conv_scan_steps", 4, "Steps of the ConvNet's vmapped per-step vs scan timing "
+                     "(the scan is slow on CPU).")
 FLAGS = flags.FLAGS
 
 
@@ -141,10 +146,26 @@ def bench_conv_branches(epochs: int, vmapped: bool) -> None:
   print(f"ConvNet-3 w32 32x32x3, 5000 images: train stage {per_epoch:7.2f}s/epoch; branches "
         f"({train.resolve_execution('auto', s.init_params)}) {auto:7.2f}s per copy-epoch", flush=True)
   if vmapped:
-    scan = timed_once(branch("vmapped")) / (copies * epochs)
-    print(f"ConvNet-3 w32 branches, vmapped scan: {scan:7.2f}s per copy-epoch "
-          f"(x{scan / auto:.2f} the auto choice)", flush=True)
+    batched = timed_once(branch("vmapped")) / (copies * epochs)
+    print(f"ConvNet-3 w32 branches, vmapped: {batched:7.2f}s per copy-epoch "
+          f"(x{batched / auto:.2f} the auto choice)", flush=True)
+    bench_vmapped_drivers(s, copies)
   print(f"conv branches per copy-epoch / train stage per epoch: {auto / per_epoch:.2f}", flush=True)
+
+
+def bench_vmapped_drivers(s, num_copies: int) -> None:
+  """The two forms of engine's vmapped copies on the ConvNet, the same steps:
+  a jit(vmap(step)) call per step against one jit(vmap(scan)) call."""
+  spec, steps = s.config.train, FLAGS.conv_scan_steps
+  program = engine.train_program(s.model, spec, s.dataset.num_classes, steps)
+  make = lambda: [engine.seeded_copy(program, s.init_params, {}, s.config.seeds, ("bench", i),
+                                     s.x_train, s.y_train, spec.batch_size, 0, f"bench {i}")
+                  for i in range(num_copies)]
+  timed = lambda scan: timed_once(lambda: engine.run_copies(
+      program, make(), None, steps, execution="vmapped", scan=scan)[0].params) / (num_copies * steps)
+  per_step, scanned = timed(False), timed(True)
+  print(f"ConvNet-3 w32 vmapped copies, {steps} steps: a call per step {per_step:6.3f}s, "
+        f"one scan {scanned:6.3f}s per copy-step; scan / per step: {scanned / per_step:.2f}", flush=True)
 
 
 def main(argv):

@@ -5,13 +5,14 @@ Copy i is exactly what `runtime.train_run(..., seed_path=prefix +
 and steps; only the data order and the augmentation draws differ, through the
 seed path. The engine trains them (lmcjax.engine.run_copies), with the
 execution chosen per backend (train.resolve_execution):
-  vmapped:    `chunk` copies at a time as one jit(vmap(scan)) program, which
-              fills an accelerator;
+  vmapped:    `chunk` copies at a time as one batched program, which fills
+              an accelerator: jit(vmap(scan)), or on XLA:CPU for a convnet a
+              jit(vmap(step)) call per step (engine._vmapped_steps);
   sequential: one copy after another, the jitted step driven from Python: on
-              XLA:CPU, where convolutions inside scan and vmapped (grouped)
-              convolutions run ~10x slower, this trains at the train stage's
-              speed, and it is train_run's code path bit for bit. 'auto'
-              picks it for convnets on CPU (dense nets still gain from vmap).
+              XLA:CPU, where a vmapped conv step costs ~1.2x K single steps,
+              this trains at the train stage's speed, and it is train_run's
+              code path bit for bit. 'auto' picks it for convnets on CPU
+              (dense nets still gain from vmap).
 """
 import dataclasses
 from typing import Any, Dict, List, Optional, Tuple

@@ -2,17 +2,19 @@
 
 The dense run, IMP rounds, SGD-noise branches, the nets that evaluate a
 distilled set and MTT's experts all come down to the same three pieces:
-  Program     one pure step, compiled once two ways: a jitted single step
-              driven from Python (`sequential`), and jit(vmap(scan)) over K
-              copies (`vmapped`);
+  Program     one pure step, compiled as a jitted single step driven from
+              Python (`sequential`), and batched over K copies (`vmapped`):
+              jit(vmap(scan)), or jit(vmap(step)) driven from Python for a
+              convolutional net on XLA:CPU;
   Copy        one network to train: its start state, its data order and
               training set; `seeded_copy` derives the keys of a seed path;
   fit         the loop: it stops at log and checkpoint steps, checks the
               losses for NaN/inf there and names the first bad step.
 `run` trains one copy; `run_copies` trains K copies, vmapped or one after the
 other (train.resolve_execution picks per backend). Copy i of run_copies is
-the run of `run` with the same copy: bit for bit when sequential; vmapped, up
-to the order in which XLA:CPU reduces over the batch (see tests/test_engine.py).
+the run of `run` with the same copy: bit for bit when sequential; vmapped,
+bit for bit at small sizes and up to float rounding beyond them, where XLA:CPU
+sums some batched reductions in another order (see tests/test_engine.py).
 """
 import contextlib
 import dataclasses
@@ -60,17 +62,23 @@ class Program:
                unroll: bool = False):
     self.step_fn, self.init, self.tx, self.unroll = step_fn, init, tx, unroll
     self.step = jax.jit(step_fn, donate_argnums=0)
-    self._scans: Dict[bool, Callable] = {}
+    self._batched: Dict[Tuple[bool, bool], Callable] = {}
 
-  def scan(self, per_copy_data: bool) -> Callable:
-    """jit(vmap(scan)): (states, mask, images, labels, indices (K, T, B)) ->
-    (states, metrics (K, T)). per_copy_data: images and labels carry a copy axis."""
-    if per_copy_data not in self._scans:
+  def batched(self, per_copy_data: bool, scanned: bool) -> Callable:
+    """K copies in one program: (states, mask, images, labels, indices) -> (states, metrics).
+
+    scanned: jit(vmap(scan)) over indices (K, T, B), metrics (K, T); else
+    jit(vmap(step)) of one step, indices (K, B), metrics (K,).
+    per_copy_data: images and labels carry a copy axis.
+    """
+    key = (per_copy_data, scanned)
+    if key not in self._batched:
       data_axis = 0 if per_copy_data else None
-      run = functools.partial(train.scan_steps, self.step_fn, unroll=self.unroll)
-      self._scans[per_copy_data] = jax.jit(
-          jax.vmap(run, in_axes=(0, None, data_axis, data_axis, 0)), donate_argnums=0)
-    return self._scans[per_copy_data]
+      body = (functools.partial(train.scan_steps, self.step_fn, unroll=self.unroll) if scanned
+              else functools.partial(train.indexed_step, self.step_fn))
+      self._batched[key] = jax.jit(
+          jax.vmap(body, in_axes=(0, None, data_axis, data_axis, 0)), donate_argnums=0)
+    return self._batched[key]
 
 
 def train_program(model, spec, num_classes: int, num_steps: int, start_step: int = 0) -> Program:
@@ -227,17 +235,30 @@ def resume(copies: Sequence[Copy], states: PyTree) -> List[Copy]:
           for i, c in enumerate(copies)]
 
 
-def _scanned_steps(program: Program, copies: Sequence[Copy], mask) -> Callable:
-  """fit's advance for K copies: one jit(vmap(scan)) call per stop."""
+def _vmapped_steps(program: Program, copies: Sequence[Copy], mask, scan: Optional[bool]) -> Callable:
+  """fit's advance for K copies: one jit(vmap(scan)) call per stop (scan), or
+  one jit(vmap(step)) call per step. scan=None: scan, except for a
+  convolutional net on XLA:CPU, which runs the convolutions of a scanned step
+  ~35x slower than the same step alone (train.EXECUTIONS; bench_analysis.py).
+  Driven from Python, the batched step is the single run's step vmapped: at
+  the sizes of tests/test_engine.py each copy is the single run bit for bit.
+  """
   per_copy = not all(c.images is copies[0].images and c.labels is copies[0].labels
                      for c in copies)
   images = stack([c.images for c in copies]) if per_copy else copies[0].images
   labels = stack([c.labels for c in copies]) if per_copy else copies[0].labels
-  scan = program.scan(per_copy)
+  scanned = not train.convolutional_on_cpu(copies[0].state.params) if scan is None else scan
+  batched = program.batched(per_copy, scanned)
 
   def advance(states, start: int, count: int):
     indices = np.stack([c.order.block(start, count) for c in copies])
-    return scan(states, mask, images, labels, jnp.asarray(indices))
+    if scanned:
+      return batched(states, mask, images, labels, jnp.asarray(indices))
+    metrics = []
+    for t in range(count):
+      states, m = batched(states, mask, images, labels, jnp.asarray(indices[:, t]))
+      metrics.append(m)
+    return states, jax.tree.map(lambda *ms: jnp.stack(ms, axis=1), *metrics)
 
   return advance
 
@@ -257,25 +278,28 @@ def _checkpointer(checkpoint_dir: Optional[str], every_steps: int, first: int, l
     ckpt.close()
 
 
-def _run_vmapped(program: Program, copies: Sequence[Copy], mask, end: int, checkpointer=None):
+def _run_vmapped(program: Program, copies: Sequence[Copy], mask, end: int, checkpointer=None,
+                 scan: Optional[bool] = None):
   starts = {int(c.state.step) for c in copies}
   validate.require(len(starts) == 1, f"vmapped copies must start at one step, got {sorted(starts)}")
   states = stack([c.state for c in copies])
   if checkpointer is not None:
     states = checkpointer.restore_latest(states) or states
-  return fit(_scanned_steps(program, copies, mask), states, int(states.step[0]), end,
+  return fit(_vmapped_steps(program, copies, mask, scan), states, int(states.step[0]), end,
              [c.name for c in copies], checkpointer=checkpointer)
 
 
 def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
                execution: str = "auto", chunk: int = 0, placer=None,
-               checkpoint_dir: Optional[str] = None,
-               checkpoint_every_steps: int = 0) -> Tuple[Any, np.ndarray]:
+               checkpoint_dir: Optional[str] = None, checkpoint_every_steps: int = 0,
+               scan: Optional[bool] = None) -> Tuple[Any, np.ndarray]:
   """Trains every copy to `end`; returns (states stacked on a copy axis, final losses (K,)).
 
   execution: 'vmapped' trains `chunk` copies at a time (0: all) as one
-  jit(vmap(scan)) program; 'sequential' runs each copy with `run` (placer:
-  see run); 'auto' picks per backend (train.resolve_execution).
+  batched program, jit(vmap(scan)) or, with scan=False, a jit(vmap(step))
+  call per step (scan=None: per backend, see _vmapped_steps); 'sequential'
+  runs each copy with `run` (placer: see run); 'auto' picks per backend
+  (train.resolve_execution).
   checkpoint_dir: with checkpoint_every_steps > 0, each copy (sequential) or
   chunk (vmapped) saves its state there that often and at its end, and a
   rerun with the same arguments resumes from it to the same result.
@@ -294,7 +318,7 @@ def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
   for i in range(0, len(copies), chunk):
     part = copies[i:i + chunk]
     with _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i + len(part) - 1) as ckpt:
-      results.append(_run_vmapped(program, part, mask, end, ckpt))
+      results.append(_run_vmapped(program, part, mask, end, ckpt, scan))
     shown.update(min(i + chunk, len(copies)))
   concat = lambda *xs: jnp.concatenate(xs)
   return (jax.tree.map(concat, *[states for states, _ in results]),

@@ -26,7 +26,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 # accelerator; 'sequential' drives one jitted call per piece from Python (or
 # unrolls the pieces under an outer jit). On XLA:CPU both batched forms lose
 # for convolutional nets: vmap over parameter copies turns each convolution
-# into a grouped convolution (3-4x slower for 4 copies), and XLA:CPU rewrites
+# into a grouped convolution (3-4x slower for 4 evaluation copies, 1.3x for
+# 2 train-step copies), and XLA:CPU rewrites
 # convolutions to its fast NHWC/HWIO kernels only in a program's entry
 # computation, so the gradient convolutions of a differentiated loss inside a
 # lax.map/scan body fall back to a naive loop (23-41x slower for ConvNet-3,
@@ -43,8 +44,14 @@ def resolve_execution(choice: str, params: PyTree = None) -> str:
   validate.choice("execution", choice, EXECUTIONS)
   if choice != "auto":
     return choice
+  return "sequential" if convolutional_on_cpu(params) else "vmapped"
+
+
+def convolutional_on_cpu(params: PyTree) -> bool:
+  """Whether params hold a 4-D (convolution) kernel and JAX runs on XLA:CPU:
+  where batched and looped programs lose (see EXECUTIONS)."""
   convolutional = any(jnp.ndim(p) == 4 for p in jax.tree.leaves(params))
-  return "sequential" if jax.default_backend() == "cpu" and convolutional else "vmapped"
+  return jax.default_backend() == "cpu" and convolutional
 SCHEDULES = ("constant", "multistep", "cosine")
 
 
@@ -293,9 +300,15 @@ def scan_steps(step_fn: Callable, state: TrainState, mask, images, labels,
   """
 
   def body(st, idx):
-    return step_fn(st, {"image": images[idx], "label": labels[idx]}, mask)
+    return indexed_step(step_fn, st, mask, images, labels, idx)
 
   return jax.lax.scan(body, state, indices, unroll=unroll)
+
+
+def indexed_step(step_fn: Callable, state: TrainState, mask, images, labels,
+                 idx: jnp.ndarray) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+  """step_fn on the batch of rows `idx` (B,) of (images, labels)."""
+  return step_fn(state, {"image": images[idx], "label": labels[idx]}, mask)
 
 
 def data_cost(num_steps: int, batch_size: int, num_examples: int) -> Dict[str, int]:

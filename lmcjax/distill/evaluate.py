@@ -23,11 +23,11 @@ def train_and_test_sets(model, spec, sets: Sequence[TrainingSet], x_test, y_test
 
   Net s uses init/order/augment keys folded from `key` with s, so two calls
   with the same key (a distilled set, its baseline) see the same seeds.
-  vmapped trains all nets as one jit(vmap(scan)) program (accelerators); on
-  XLA:CPU a vmapped conv becomes a grouped convolution that runs ~7x slower
-  than the nets one by one, so CPU configs set it False: the jitted step
-  driven from Python, same keys (engine.run_copies). A NaN/inf training loss
-  raises train.NonFiniteLossError naming the net and step.
+  vmapped trains all nets as one batched program (accelerators; see
+  engine.run_copies); on XLA:CPU a vmapped conv step is slower than the nets
+  one by one, so CPU configs set it False: the jitted step driven from
+  Python, same keys. A NaN/inf training loss raises train.NonFiniteLossError
+  naming the net and step.
   """
   n = int(sets[0][0].shape[0])
   validate.require(all(int(x.shape[0]) == n for x, _ in sets),
