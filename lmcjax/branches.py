@@ -9,7 +9,7 @@ execution chosen per backend (train.resolve_execution):
               an accelerator: jit(vmap(scan)), or on XLA:CPU for a convnet a
               jit(vmap(step)) call per step (engine._vmapped_steps);
   sequential: one copy after another, the jitted step driven from Python: on
-              XLA:CPU, where a vmapped conv step costs ~1.2x K single steps,
+              XLA:CPU, where a vmapped conv step costs ~1.3x K single steps,
               this trains at the train stage's speed, and it is train_run's
               code path bit for bit. 'auto' picks it for convnets on CPU
               (dense nets still gain from vmap).

@@ -53,7 +53,7 @@ class Program:
   """A pure `step_fn(state, batch, mask) -> (state, metrics)` compiled for the engine.
 
   init(init_key, aug_key, image) -> a fresh state (jitted), or None when the
-  caller builds its states. The state is donated to both compiled forms: its
+  caller builds its states. The state is donated to every compiled form: its
   buffers are reused for the next state, which halves peak parameter memory;
   the batch, mask and data are read-only. unroll: see train.scan_steps.
   """
@@ -132,12 +132,13 @@ def fresh_copy(program: Program, init_key, aug_key, order_key, images, labels,
 
 
 def _check_finite(losses, start: int, names: Sequence[str], checkpointed: bool) -> np.ndarray:
-  """Raises naming the copy and step of the first NaN/inf in losses ((K,) T);
-  returns them on the host as (K, T)."""
+  """Raises naming the copy and step of the first NaN/inf in losses ((K,) T):
+  the earliest step, and of the copies bad there the first; returns the
+  losses on the host as (K, T)."""
   losses = np.atleast_2d(np.asarray(jax.device_get(losses)))
   bad = np.argwhere(~np.isfinite(losses))
   if bad.size:
-    copy, t = bad[0]
+    copy, t = min(bad.tolist(), key=lambda copy_step: (copy_step[1], copy_step[0]))
     kept = "; the last good checkpoint is kept" if checkpointed else ""
     raise train.NonFiniteLossError(f"non-finite loss {losses[copy, t]} in stage {names[copy]!r} "
                                    f"at step {start + t}{kept}")
@@ -195,9 +196,14 @@ def _python_steps(program: Program, copy: Copy, mask, place_batch, on_step) -> C
       metrics.append(m)
       if on_step is not None:
         on_step(step + 1, state, m)
-    return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+    return state, stack_steps(metrics)
 
   return advance
+
+
+def stack_steps(metrics: Sequence[Metrics], axis: int = 0) -> Metrics:
+  """Per-step metrics stacked on a step axis (axis 1 when each has a copy axis)."""
+  return jax.tree.map(lambda *ms: jnp.stack(ms, axis=axis), *metrics)
 
 
 def run(program: Program, copy: Copy, mask, end: int, *, log_every: int = 0,
@@ -239,26 +245,27 @@ def _vmapped_steps(program: Program, copies: Sequence[Copy], mask, scan: Optiona
   """fit's advance for K copies: one jit(vmap(scan)) call per stop (scan), or
   one jit(vmap(step)) call per step. scan=None: scan, except for a
   convolutional net on XLA:CPU, which runs the convolutions of a scanned step
-  ~35x slower than the same step alone (train.EXECUTIONS; bench_analysis.py).
-  Driven from Python, the batched step is the single run's step vmapped: at
-  the sizes of tests/test_engine.py each copy is the single run bit for bit.
+  ~22x slower than the same step alone (bench_analysis.py). Driven from
+  Python, the batched step is the single run's step vmapped: at the sizes of
+  tests/test_engine.py each copy is the single run bit for bit.
   """
   per_copy = not all(c.images is copies[0].images and c.labels is copies[0].labels
                      for c in copies)
   images = stack([c.images for c in copies]) if per_copy else copies[0].images
   labels = stack([c.labels for c in copies]) if per_copy else copies[0].labels
-  scanned = not train.convolutional_on_cpu(copies[0].state.params) if scan is None else scan
-  batched = program.batched(per_copy, scanned)
+  if scan is None:
+    scan = not train.convolutional_on_cpu(copies[0].state.params)
+  batched = program.batched(per_copy, scan)
 
   def advance(states, start: int, count: int):
-    indices = np.stack([c.order.block(start, count) for c in copies])
-    if scanned:
-      return batched(states, mask, images, labels, jnp.asarray(indices))
+    indices = jnp.asarray(np.stack([c.order.block(start, count) for c in copies]))
+    if scan:
+      return batched(states, mask, images, labels, indices)
     metrics = []
     for t in range(count):
-      states, m = batched(states, mask, images, labels, jnp.asarray(indices[:, t]))
+      states, m = batched(states, mask, images, labels, indices[:, t])
       metrics.append(m)
-    return states, jax.tree.map(lambda *ms: jnp.stack(ms, axis=1), *metrics)
+    return states, stack_steps(metrics, axis=1)
 
   return advance
 
@@ -297,9 +304,9 @@ def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
 
   execution: 'vmapped' trains `chunk` copies at a time (0: all) as one
   batched program, jit(vmap(scan)) or, with scan=False, a jit(vmap(step))
-  call per step (scan=None: per backend, see _vmapped_steps); 'sequential'
-  runs each copy with `run` (placer: see run); 'auto' picks per backend
-  (train.resolve_execution).
+  call per step (scan=None: per backend, see _vmapped_steps; 'sequential'
+  ignores it); 'sequential' runs each copy with `run` (placer: see run);
+  'auto' picks per backend (train.resolve_execution).
   checkpoint_dir: with checkpoint_every_steps > 0, each copy (sequential) or
   chunk (vmapped) saves its state there that often and at its end, and a
   rerun with the same arguments resumes from it to the same result.

@@ -27,7 +27,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 # unrolls the pieces under an outer jit). On XLA:CPU both batched forms lose
 # for convolutional nets: vmap over parameter copies turns each convolution
 # into a grouped convolution (3-4x slower for 4 evaluation copies, 1.3x for
-# 2 train-step copies), and XLA:CPU rewrites
+# 2 ConvNet-3 train-step copies), and XLA:CPU rewrites
 # convolutions to its fast NHWC/HWIO kernels only in a program's entry
 # computation, so the gradient convolutions of a differentiated loss inside a
 # lax.map/scan body fall back to a naive loop (23-41x slower for ConvNet-3,
@@ -52,6 +52,8 @@ def convolutional_on_cpu(params: PyTree) -> bool:
   where batched and looped programs lose (see EXECUTIONS)."""
   convolutional = any(jnp.ndim(p) == 4 for p in jax.tree.leaves(params))
   return jax.default_backend() == "cpu" and convolutional
+
+
 SCHEDULES = ("constant", "multistep", "cosine")
 
 
@@ -296,7 +298,8 @@ def scan_steps(step_fn: Callable, state: TrainState, mask, images, labels,
   Use it under jit, and vmap it over states/indices to train copies at once
   (SGD-noise branches, evaluating a distilled set over seeds). unroll=True
   helps convnets on XLA:CPU, which runs convolutions inside a while loop far
-  slower (jax issue #12868).
+  slower (jax issue #12868); the engine does not scan a convnet's copies on
+  CPU at all (engine._vmapped_steps), so there unroll changes nothing.
   """
 
   def body(st, idx):

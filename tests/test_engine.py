@@ -92,6 +92,19 @@ def test_copy_i_is_the_single_run_of_its_seed_path(model_name):
                          singles[1].params["Dense_0"]["kernel"])
 
 
+@pytest.mark.parametrize("model_name", ["mlp", "convnet"])
+def test_vmapped_copies_with_their_own_training_sets_are_their_single_runs(model_name):
+  program, steps, make_copies = setting(model_name)
+
+  def own_sets():  # copy 1 trains on other images than copy 0
+    first, second = make_copies(2)
+    return [first, dataclasses.replace(second, images=-second.images)]
+
+  singles = engine.stack([engine.run(program, c, None, steps)[0] for c in own_sets()])
+  vmapped, _ = engine.run_copies(program, own_sets(), None, steps, execution="vmapped")
+  chex.assert_trees_all_equal(vmapped, singles)
+
+
 def test_larger_vmapped_convnet_copies_agree_with_the_single_runs_to_rounding():
   singles, vmapped = single_runs_and_copies("convnet", ["vmapped"], batch_size=128)
   for single, vm in zip(singles, vmapped):
@@ -135,6 +148,10 @@ def test_copies_killed_after_a_checkpoint_resume_to_the_same_states(tmp_path, ex
                                               checkpoint_dir=str(tmp_path / "cut"), **kwargs)
   chex.assert_trees_all_equal(resumed, whole)
   np.testing.assert_array_equal(resumed_losses, whole_losses)
+  # Stopping at the checkpoint, the uninterrupted run still trains each copy
+  # as its single run: the data order picks up at the step it stopped at.
+  singles = engine.stack([engine.run(program, c, None, steps)[0] for c in make_copies(2)])
+  chex.assert_trees_all_equal(whole, singles)
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "convnet"])
