@@ -9,6 +9,9 @@ CORE = [
     "flax>=0.12.8,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
+    # orbax's storage; lmcjax reads a checkpoint's arrays through it once
+    # before a restore (lmcjax/checkpoints.py).
+    "tensorstore>=0.1.84,<0.2",
     "chex>=0.1.92,<0.2",
     "ml-collections>=1.1,<2",
     "absl-py>=2.1,<3",

@@ -12,6 +12,7 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from lmcjax import masks
 from lmcjax import validate
@@ -92,6 +93,7 @@ def load_tree(path: str, like: PyTree, what: str = "checkpoint") -> PyTree:
     if saved is None:  # orbax found no readable tree metadata
       raise _unreadable(what, path, ValueError("no readable tree metadata"))
     masks.check_matches(saved, _plain(like), what=f"{what} {path}")
+    _check_arrays_readable(path, what, path)
     try:
       restored = ckptr.restore(path, _template(like))
     except (ValueError, OSError, KeyError) as e:  # tensorstore reports bad data as ValueError
@@ -112,6 +114,29 @@ def _check_newest_step(directory: str) -> None:
                       ValueError(f"no {STEP_METADATA} file"))
 
 
+def _ocdbt_roots(directory: str):
+  """The OCDBT databases orbax wrote under `directory` (each names its
+  per-process subdatabases, which are not listed again)."""
+  for root, dirs, files in os.walk(directory):
+    if "manifest.ocdbt" in files and not os.path.basename(root).startswith("ocdbt.process_"):
+      yield root
+    dirs[:] = [d for d in dirs if not d.startswith("ocdbt.process_")]
+
+
+def _check_arrays_readable(directory: str, what: str, shown: str) -> None:
+  """Reads every stored array chunk once, synchronously; a truncated or
+  corrupt one is our one line. Orbax's restore would fail on it too, but it
+  leaves the other reads pending, and they later call into its closed asyncio
+  loop: "Exception ignored ... Event loop is closed" on stderr after our line."""
+  for root in _ocdbt_roots(directory):
+    try:
+      store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{root}/"}).result()
+      for key in store.list().result():
+        store.read(key).result()
+    except ValueError as e:  # tensorstore's errors (OUT_OF_RANGE, DATA_LOSS, ...)
+      raise _unreadable(what, shown, e) from e
+
+
 class StateCheckpointer:
   """Periodic checkpoints of a TrainState in `directory`, for kill-safe resume."""
 
@@ -128,10 +153,12 @@ class StateCheckpointer:
     if step is None:
       return None
     what = f"training checkpoint at step {step} in"
+    directory = str(self.manager.directory)
+    _check_arrays_readable(os.path.join(directory, str(step)), what, directory)
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(_template(state)))
     except (ValueError, OSError, KeyError) as e:
-      raise _unreadable(what, self.manager.directory, e) from e
+      raise _unreadable(what, directory, e) from e
     return flax.serialization.from_state_dict(state, restored)
 
   def due(self, step: int) -> bool:

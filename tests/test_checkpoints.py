@@ -1,10 +1,13 @@
 """Orbax round trips: exact values, tree checks, resumable train state, damaged files."""
+import contextlib
 import errno
+import gc
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -48,6 +51,27 @@ def test_state_checkpointer_resumes_the_exact_state(tmp_path):
   assert isinstance(restored, train.TrainState) and int(restored.step) == 3
 
 
+# Orbax's stray failures after a failed restore are a race that about one
+# restore in six loses (measured); 25 attempts miss it with odds under 1%.
+RESTORE_ATTEMPTS = 25
+
+
+@contextlib.contextmanager
+def no_stray_exceptions():
+  """Fails if anything raises where no caller sees it (sys.unraisablehook)
+  while the block runs or within a second after it: a restore must not leave
+  reads pending that fail later, printing tracebacks after our one line."""
+  stray, hook = [], sys.unraisablehook
+  sys.unraisablehook = stray.append
+  try:
+    yield
+    time.sleep(1.0)
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
+  assert not stray, [f"{u.exc_type.__name__}: {u.exc_value}" for u in stray]
+
+
 def _largest_data_file(directory):
   """The biggest file in orbax's data folders ('d'): the one holding the arrays."""
   files = [os.path.join(root, f) for root, _, names in os.walk(directory)
@@ -69,8 +93,10 @@ def test_truncated_checkpoint_is_one_line(tmp_path, damage):
   else:
     shutil.rmtree(path)
     os.makedirs(path)
-  with pytest.raises(validate.InputError, match=r"^mask .* is truncated or corrupt") as e:
-    checkpoints.load_tree(path, state.params, what="mask")
+  with no_stray_exceptions():
+    for _ in range(RESTORE_ATTEMPTS):
+      with pytest.raises(validate.InputError, match=r"^mask .* is truncated or corrupt") as e:
+        checkpoints.load_tree(path, state.params, what="mask")
   assert "\n" not in str(e.value)
 
 
@@ -88,9 +114,11 @@ def test_damaged_training_checkpoint_is_one_line(tmp_path, damage, caplog):
   else:  # a step directory whose contents were lost
     shutil.rmtree(step_dir)
     os.makedirs(step_dir)
-  with caplog.at_level(logging.WARNING), pytest.raises(
-      validate.InputError, match=r"^training checkpoint at step 3 in .* is truncated or corrupt") as e:
-    checkpoints.StateCheckpointer(str(tmp_path / "c"), every_steps=1).restore_latest(state)
+  with caplog.at_level(logging.WARNING), no_stray_exceptions():
+    for _ in range(RESTORE_ATTEMPTS):
+      with pytest.raises(validate.InputError,
+                         match=r"^training checkpoint at step 3 in .* is truncated or corrupt") as e:
+        checkpoints.StateCheckpointer(str(tmp_path / "c"), every_steps=1).restore_latest(state)
   assert "\n" not in str(e.value)
   assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
