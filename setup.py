@@ -35,7 +35,9 @@ EXTRAS = {
     # it is ~600 MB, so only users of public datasets pay for it.
     "tfds": ["tensorflow-cpu>=2.21,<2.22"],
     # tensorboard: the tests read the event files back with TensorBoard's own reader.
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "tensorboard>=2.20,<2.22"],
+    # ruff: the linter .ci/run runs before the tests (config: ruff.toml).
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "tensorboard>=2.20,<2.22",
+             "ruff>=0.17,<0.18"],
     # bench/bench_peer.py only: the same workloads in PyTorch and PyHessian.
     # PyPI's Linux torch wheel is the CUDA build (GBs); for the CPU one add
     # --extra-index-url https://download.pytorch.org/whl/cpu. Nothing else in

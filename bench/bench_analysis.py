@@ -32,10 +32,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import curvature  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import execution as execution_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import landscape  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -79,10 +81,11 @@ def bench_interpolation(s, a, b, repeats):
 
 
 def bench_hutchinson(s, a, repeats):
-  x, y = hessian.loss_batches(jax.random.PRNGKey(0), s.x_train, s.y_train, 500, 2)
+  x, y = curvature.loss_batches(jax.random.PRNGKey(0), s.x_train, s.y_train, 500, 2)
   key = jax.random.PRNGKey(1)
-  run = lambda chunk: lambda: hessian.hutchinson(s.model, a["params"], {}, x, y, key,
-                                                 max_probes=32, chunk=chunk, batch_size=500).trace
+  problem = curvature.LossProblem(s.model, a["params"], {}, x, y, batch_size_examples=500)
+  run = lambda chunk: lambda: curvature.hutchinson(problem, key, max_probes=32,
+                                                   chunk_probes=chunk).trace
   report("hutchinson 32 probes", best_time(run(8), repeats), best_time(run(1), repeats),
          "chunks of 8", "sequential")
 
@@ -144,7 +147,8 @@ def bench_conv_branches(epochs: int, vmapped: bool) -> None:
       execution=execution).params
   auto = timed_once(branch("auto")) / (copies * epochs)
   print(f"ConvNet-3 w32 32x32x3, 5000 images: train stage {per_epoch:7.2f}s/epoch; branches "
-        f"({train.resolve_execution('auto', s.init_params)}) {auto:7.2f}s per copy-epoch", flush=True)
+        f"({execution_lib.resolve('auto', s.init_params)}) {auto:7.2f}s per copy-epoch",
+        flush=True)
   if vmapped:
     batched = timed_once(branch("vmapped")) / (copies * epochs)
     print(f"ConvNet-3 w32 branches, vmapped: {batched:7.2f}s per copy-epoch "
@@ -162,10 +166,12 @@ def bench_vmapped_drivers(s, num_copies: int) -> None:
                                      s.x_train, s.y_train, spec.batch_size, 0, f"bench {i}")
                   for i in range(num_copies)]
   timed = lambda scan: timed_once(lambda: engine.run_copies(
-      program, make(), None, steps, execution="vmapped", scan=scan)[0].params) / (num_copies * steps)
+      program, make(), None, steps, execution="vmapped",
+      scan=scan)[0].params) / (num_copies * steps)
   per_step, scanned = timed(False), timed(True)
   print(f"ConvNet-3 w32 vmapped copies, {steps} steps: a call per step {per_step:6.3f}s, "
-        f"one scan {scanned:6.3f}s per copy-step; scan / per step: {scanned / per_step:.2f}", flush=True)
+        f"one scan {scanned:6.3f}s per copy-step; scan / per step: {scanned / per_step:.2f}",
+        flush=True)
 
 
 def main(argv):
@@ -188,4 +194,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   app.run(main)

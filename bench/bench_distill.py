@@ -21,6 +21,8 @@ import numpy as np
 from lmcjax.configs import distill_mnist5k  # pylint: disable=g-import-not-at-top
 from lmcjax.distill import experts
 from lmcjax.distill import stage
+from lmcjax.distill import trajectory_matching
+from lmcjax import cpu_runtime
 from lmcjax import models
 from lmcjax import runtime
 
@@ -33,8 +35,8 @@ def seconds_per_iteration(config, s, method: str, iters: int) -> float:
   d = config.distill
   d.method = method
   model = models.create(stage.model_config(config), s.dataset.num_classes)
-  m, tx, learn, _ = stage.build(d, model, s.x_train, s.y_train, s.dataset.num_classes,
-                                expert_directory=EXPERTS)
+  d.mtt.expert_dir = EXPERTS
+  m, tx, learn, _ = stage.build(d, model, s.x_train, s.y_train, s.dataset.num_classes)
   _, stats = stage.run_outer(m, tx, learn, iters + 1, jax.random.PRNGKey(0))
   return stats["seconds_per_iteration"]
 
@@ -44,8 +46,8 @@ def mtt_temp_bytes(config, s, syn_steps: int, remat: bool) -> int:
   d.method, d.unroll = "mtt", False
   d.mtt.syn_steps, d.mtt.remat = syn_steps, remat
   model = models.create(stage.model_config(config), s.dataset.num_classes)
-  m, tx, learn, _ = stage.build(d, model, s.x_train, s.y_train, s.dataset.num_classes,
-                                expert_directory=EXPERTS)
+  d.mtt.expert_dir = EXPERTS
+  m, tx, learn, _ = stage.build(d, model, s.x_train, s.y_train, s.dataset.num_classes)
   ctx = m.next_context(0, None, jax.random.PRNGKey(0))
   compiled = jax.jit(m.step).lower(learn, tx.init(learn), jax.random.PRNGKey(1), ctx).compile()
   return compiled.memory_analysis().temp_size_in_bytes
@@ -54,9 +56,10 @@ def mtt_temp_bytes(config, s, syn_steps: int, remat: bool) -> int:
 def expert_epoch_seconds(config, s, vmapped: bool, num_experts: int) -> float:
   d = config.distill
   model = models.create(stage.model_config(config), s.dataset.num_classes)
-  cfg = stage.expert_settings(d.mtt, 3, d.unroll, num_experts)
+  cfg = trajectory_matching.expert_settings(d.mtt, 3, d.unroll, num_experts)
   _, seconds = experts.train_experts(model, s.x_train, s.y_train, s.dataset.num_classes, cfg,
-                                     jax.random.PRNGKey(0), vmapped=vmapped)
+                                     jax.random.PRNGKey(0),
+                                     execution="vmapped" if vmapped else "sequential")
   return float(np.mean(seconds[1:]))  # epoch 0 includes compilation
 
 
@@ -90,4 +93,5 @@ def main():
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   main()

@@ -41,8 +41,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cifar10_small  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import curvature  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import execution as execution_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import landscape  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -104,11 +106,12 @@ def setup():
 
 
 def bench_hvp(model, params, x, y):
-  v = hessian.rademacher(jax.random.PRNGKey(3), params)
+  v = curvature.rademacher(jax.random.PRNGKey(3), params)
 
   def program(execution):
-    loss = lambda p, xx, yy: hessian.make_loss(model, {}, xx, yy, FLAGS.hessian_batch, execution)(p)
-    hvp = jax.jit(lambda p, w, xx, yy: hessian.hvp(lambda q: loss(q, xx, yy), p, w))
+    loss = lambda p, xx, yy: curvature.make_loss(
+        curvature.LossProblem(model, p, {}, xx, yy, FLAGS.hessian_batch), execution)(p)
+    hvp = jax.jit(lambda p, w, xx, yy: curvature.hvp(lambda q: loss(q, xx, yy), p, w))
     return lambda: hvp(params, v, x, y)
 
   report(f"HVP, {x.shape[0]} images in chunks of {FLAGS.hessian_batch}", "HVP", (1, 1),
@@ -116,9 +119,10 @@ def bench_hvp(model, params, x, y):
 
 
 def bench_hutchinson(model, params, x, y):
-  run = lambda execution: lambda: hessian.hutchinson(
-      model, params, {}, x, y, jax.random.PRNGKey(4), max_probes=FLAGS.probes, chunk=FLAGS.probes,
-      batch_size=FLAGS.hessian_batch, execution=execution).trace
+  problem = curvature.LossProblem(model, params, {}, x, y, FLAGS.hessian_batch)
+  run = lambda execution: lambda: curvature.hutchinson(
+      problem, jax.random.PRNGKey(4), max_probes=FLAGS.probes, chunk_probes=FLAGS.probes,
+      execution=execution).trace
   report(f"Hutchinson, {FLAGS.probes} probes, {x.shape[0]} images", "probe", (FLAGS.probes,) * 2,
          {"old": run("vmapped"), "new": run("auto")}, FLAGS.repeats)
 
@@ -139,7 +143,8 @@ def bench_landscape(model, params, x, y):
   run = lambda execution: lambda: landscape.evaluate_grid(
       model, plane, axes, {}, x, y, chunk=32, eval_batch_size=FLAGS.eval_batch,
       execution=execution)["loss"]
-  report(f"landscape {FLAGS.grid}x{FLAGS.grid}, {x.shape[0]} images", "point", (FLAGS.grid ** 2,) * 2,
+  report(f"landscape {FLAGS.grid}x{FLAGS.grid}, {x.shape[0]} images", "point",
+         (FLAGS.grid ** 2,) * 2,
          {"old": run("vmapped"), "new": run("auto")}, FLAGS.repeats)
 
 
@@ -149,10 +154,11 @@ def one_hot_entries(model, params, x, y, indices, chunk: int):
   flat, unravel = ravel_pytree(params)
 
   def program(p, xx, yy, idx):
-    loss = hessian.make_loss(model, {}, xx, yy, FLAGS.hessian_batch, "vmapped")
+    loss = curvature.make_loss(curvature.LossProblem(model, p, {}, xx, yy, FLAGS.hessian_batch),
+                               "vmapped")
     basis = lambda i: unravel(jnp.zeros_like(flat).at[i].set(1.0))
-    entry = lambda i: ravel_pytree(hessian.hvp(loss, p, basis(i)))[0][i]
-    return interpolate.chunked_vmap(entry, idx, chunk)
+    entry = lambda i: ravel_pytree(curvature.hvp(loss, p, basis(i)))[0][i]
+    return execution_lib.chunked_vmap(entry, idx, chunk)
 
   return jax.jit(program)(params, x, y, jnp.asarray(indices))
 
@@ -161,17 +167,17 @@ def leaf_mask(params, leaf: int, count: int):
   """A mask keeping `count` coordinates spread over leaf number `leaf`, and their flat indices."""
   leaves, tree = jax.tree.flatten(params)
   picked = np.linspace(0, leaves[leaf].size - 1, count).astype(int)
-  keep = [np.zeros(l.shape, np.float32) for l in leaves]
+  keep = [np.zeros(array.shape, np.float32) for array in leaves]
   keep[leaf].ravel()[picked] = 1.0
-  return jax.tree.unflatten(tree, keep), sum(l.size for l in leaves[:leaf]) + picked
+  return jax.tree.unflatten(tree, keep), sum(array.size for array in leaves[:leaf]) + picked
 
 
 def bench_exact(model, params, x, y):
   """Per-parameter cost, on coordinates of the widest kernel (Conv_1 or Conv_2)."""
   leaves = jax.tree.leaves(params)
   widest = int(np.argmax([leaf.size for leaf in leaves]))
-  exact = lambda mask: hessian.exact_diagonal(model, params, {}, x, y, mask=mask,
-                                              batch_size=FLAGS.hessian_batch)
+  exact = lambda mask: curvature.exact_diagonal(
+      curvature.LossProblem(model, params, {}, x, y, FLAGS.hessian_batch, mask=mask))
   mask, flat_idx = leaf_mask(params, widest, FLAGS.exact_params)
   old = lambda: one_hot_entries(model, params, x, y, flat_idx, chunk=FLAGS.exact_params)
   np.testing.assert_allclose(ravel_pytree(exact(mask))[0][flat_idx], np.asarray(old()),
@@ -187,12 +193,13 @@ def main(argv):
   if FLAGS.platform:
     jax.config.update("jax_platforms", FLAGS.platform)
   model, ends, x, y = setup()
-  chosen = train.resolve_execution("auto", ends[0])
+  chosen = execution_lib.resolve("auto", ends[0])
   size = ravel_pytree(ends[0])[0].size
   print(f"devices {jax.devices()}; ConvNet-3 w32 instance/avg, {size:,} params, images "
         f"{tuple(x.shape[1:])}; old = 'vmapped', new = 'auto' -> '{chosen}'", flush=True)
   if chosen == "vmapped":
-    print("  (this backend picks the vmapped programs: both columns time the same path)", flush=True)
+    print("  (this backend picks the vmapped programs: both columns time the same path)",
+          flush=True)
   hx, hy = x[:FLAGS.hessian_images], y[:FLAGS.hessian_images]
   bench_hvp(model, ends[0], hx, hy)
   bench_hutchinson(model, ends[0], hx, hy)
@@ -203,4 +210,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   app.run(main)

@@ -26,11 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench_analysis  # pylint: disable=g-import-not-at-top,wrong-import-position  # --repeats, best_time
 from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import curvature  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import execution as execution_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.curvature import spectrum  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_integer("examples", 1000, "Training images the loss averages over.")
 flags.DEFINE_integer("conv_examples", 100, "Images for ConvNet-3 w32: per-example conv "
@@ -39,45 +41,48 @@ flags.DEFINE_integer("rows", 200, "Parameters timed for the one-HVP-per-paramete
 FLAGS = flags.FLAGS
 
 
-def hvp_rows_seconds(model, params, x, y, rows: int, chunk: int, repeats: int) -> float:
+def hvp_rows_seconds(problem, rows: int, chunk_rows: int, repeats: int) -> float:
   """Seconds for `rows` diagonal entries e_i^T H e_i, each a full-vector HVP,
-  vmapped in chunks: the plain method, the baseline of the GGN rows.
-  (hessian.exact_diagonal itself linearises each leaf's gradient once and
-  picks its execution per backend; bench/bench_eval.py times it.)"""
+  vmapped `chunk_rows` at a time: the plain method, the baseline of the GGN
+  rows. (curvature.exact_diagonal itself linearises each leaf's gradient
+  once and picks its execution per backend; bench/bench_eval.py times it.)"""
+  params = problem.params
   flat, unravel = ravel_pytree(params)
-  loss = hessian.make_loss(model, {}, x, y, 1000)
-  entry = lambda i: ravel_pytree(hessian.hvp(loss, params, unravel(
+  loss = curvature.make_loss(problem)
+  entry = lambda i: ravel_pytree(curvature.hvp(loss, params, unravel(
       jnp.zeros_like(flat).at[i].set(1.0))))[0][i]
-  program = jax.jit(lambda idx: interpolate.chunked_vmap(entry, idx, chunk))
+  program = jax.jit(lambda idx: execution_lib.chunked_vmap(entry, idx, chunk_rows))
   return bench_analysis.best_time(lambda: program(jnp.arange(rows)), repeats)
 
 
-def bench_ggn(name, model, params, x, y, rows, row_chunk, repeats):
-  size = ravel_pytree(params)[0].size
-  ggn = bench_analysis.best_time(lambda: hessian.ggn_diagonal(model, params, {}, x, y, chunk=50), repeats)
-  per_row = hvp_rows_seconds(model, params, x, y, rows, row_chunk, repeats) / rows
-  exact, reason = hessian.ggn_is_hessian_diagonal(model)
+def bench_ggn(name, problem, rows, chunk_rows, repeats):
+  size = ravel_pytree(problem.params)[0].size
+  ggn = bench_analysis.best_time(lambda: curvature.ggn_diagonal(problem, chunk_examples=50),
+                                 repeats)
+  per_row = hvp_rows_seconds(problem, rows, chunk_rows, repeats) / rows
+  exact, reason = curvature.ggn_is_hessian_diagonal(problem.model)
   what = "exact Hessian diagonal" if exact else "GGN diagonal, NOT the Hessian's"
-  print(f"{name}: {size:,} params, {x.shape[0]} examples; {what} ({reason})", flush=True)
+  print(f"{name}: {size:,} params, {problem.num_examples} examples; {what} ({reason})",
+        flush=True)
   print(f"  GGN diagonal {ggn:8.2f}s   one HVP per parameter {per_row * 1e3:.2f} ms x {size:,} "
         f"= {per_row * size:9.0f}s (from {rows} rows)   speedup x{per_row * size / ggn:,.0f}",
         flush=True)
 
 
-def bench_hutchinson(model, params, x, y, repeats):
+def bench_hutchinson(problem, repeats):
   key = jax.random.PRNGKey(1)
-  run = lambda chunk: lambda: hessian.hutchinson(model, params, {}, x, y, key, max_probes=64,
-                                                 chunk=chunk, batch_size=1000).trace
+  run = lambda chunk: lambda: curvature.hutchinson(problem, key, max_probes=64,
+                                                   chunk_probes=chunk).trace
   fast, slow = bench_analysis.best_time(run(8), repeats), bench_analysis.best_time(run(1), repeats)
   print(f"Hutchinson 64 probes: chunks of 8 {fast:.2f}s ({fast / 64 * 1e3:.1f} ms/probe)   "
         f"sequential {slow:.2f}s ({slow / 64 * 1e3:.1f} ms/probe)   speedup x{slow / fast:.2f}",
         flush=True)
 
 
-def power_iteration_hvps(model, params, x, y, key, tol: float, max_iters: int):
+def power_iteration_hvps(problem, key, tol: float, max_iters: int):
   """HVPs until ||Hv - (v.Hv) v|| <= tol |v.Hv| (the residual rule Lanczos uses)."""
-  matvec, keep, _ = hessian._flat_operator(model, params, {}, x, y, None, 1000)  # pylint: disable=protected-access
-  v = hessian._unit_start(key, keep)  # pylint: disable=protected-access
+  matvec, keep, _ = spectrum.flat_operator(problem)
+  v = spectrum.unit_start(key, keep)
   for count in range(1, max_iters + 1):
     hv = matvec(v)
     value = float(jnp.vdot(v, hv))
@@ -87,10 +92,10 @@ def power_iteration_hvps(model, params, x, y, key, tol: float, max_iters: int):
   return max_iters, value
 
 
-def bench_lanczos(model, params, x, y, tol=1e-3):
+def bench_lanczos(problem, tol=1e-3):
   key = jax.random.PRNGKey(2)
-  top = hessian.lanczos(model, params, {}, x, y, key, k=1, max_iters=300, tol=tol)
-  power, value = power_iteration_hvps(model, params, x, y, key, tol, 2000)
+  top = curvature.lanczos(problem, key, k=1, max_iters=300, tol=tol)
+  power, value = power_iteration_hvps(problem, key, tol, 2000)
   print(f"top eigenvalue to residual <= {tol:g}|lambda|: Lanczos {top.num_hvps} HVPs "
         f"({top.iterations} steps + 1 check; lambda {top.eigenvalues[0]:.5g}, converged "
         f"{top.converged})   power iteration {power} HVPs (lambda {value:.5g})   "
@@ -103,18 +108,22 @@ def main(argv):
   s = runtime.setup(config)
   x, y = s.x_train[:FLAGS.examples], s.y_train[:FLAGS.examples]
   print(f"devices: {jax.devices()}; MNIST-5k, {x.shape[0]} training images", flush=True)
-  bench_ggn("LeNet-300-100", s.model, s.init_params, x, y, FLAGS.rows, 64, FLAGS.repeats)
+  lenet = curvature.LossProblem(s.model, s.init_params, {}, x, y, batch_size_examples=1000)
+  bench_ggn("LeNet-300-100", lenet, FLAGS.rows, 64, FLAGS.repeats)
   conv_cfg = model_part.get("convnet", depth=3, width=32, norm="instance")
   conv = models.create(conv_cfg, s.dataset.num_classes)
   conv_params, _ = train.init_variables(conv, jax.random.PRNGKey(0), s.dataset.image_shape)
   # 1000 images of 28x28x32 activations per HVP: 2 rows per vmapped call, and
   # a tenth of the rows (the per-row time is what is extrapolated).
   n = FLAGS.conv_examples
-  bench_ggn("ConvNet-3 w32 (instance norm)", conv, conv_params, x[:n], y[:n],
-            max(2, FLAGS.rows // 10), 2, FLAGS.repeats)
-  bench_hutchinson(s.model, s.init_params, x, y, FLAGS.repeats)
-  bench_lanczos(s.model, s.init_params, x, y)
+  conv_problem = curvature.LossProblem(conv, conv_params, {}, x[:n], y[:n],
+                                       batch_size_examples=1000)
+  bench_ggn("ConvNet-3 w32 (instance norm)", conv_problem, max(2, FLAGS.rows // 10), 2,
+            FLAGS.repeats)
+  bench_hutchinson(lenet, FLAGS.repeats)
+  bench_lanczos(lenet)
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   app.run(main)

@@ -21,6 +21,8 @@ MODELS = {"mlp": dict(name="lenet300"), "convnet32": dict(name="convnet", width=
 def measure(model_name: str, batch: int, steps: int) -> dict:
   """Examples/s of the jitted dense step, placed by lmcjax.parallel when >1 device."""
   sys.path.insert(0, REPO)
+  from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top
+  cpu_runtime.configure()  # before JAX starts its CPU client
   import jax  # pylint: disable=g-import-not-at-top
   from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
   from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top

@@ -22,8 +22,8 @@ is faster) against the issue's target; and, because wall time on a shared
 machine mostly measures the neighbours, the medians of each process's CPU time.
 
 lmcjax runs through its public functions (models.create, engine.train_program,
-interpolate.evaluate_path, landscape.evaluate_grid, hessian.hutchinson,
-hessian.exact_diagonal) with their default execution settings, so the table
+interpolate.evaluate_path, landscape.evaluate_grid, curvature.hutchinson,
+curvature.exact_diagonal) with their default execution settings, so the table
 measures whatever execution those choose on this backend.
 
 --device=gpu: torch on cuda, JAX on its default backend (the accelerator).
@@ -47,17 +47,21 @@ ROWS = ("train", "masked", "train_w128", "hutchinson", "exact_diag", "interpolat
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each side")
-  parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
+  parser.add_argument("--rows", default=",".join(ROWS),
+                      help="comma-separated subset of " + ",".join(ROWS))
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
   parser.add_argument("--threads", type=int, default=0,
                       help="run both frameworks on the first N CPUs only (0: all); on a shared "
-                      "machine 1 keeps PyTorch's OpenMP barriers from waiting on descheduled threads")
+                      "machine 1 keeps PyTorch's OpenMP barriers from waiting on descheduled "
+                      "threads")
   parser.add_argument("--torch_malloc", choices=("both", "own", "lmcjax"), default="both",
                       help="PyTorch with glibc's default malloc settings (own), with lmcjax's "
                       "(lmcjax), or a column for each (both)")
   parser.add_argument("--steps", type=int, default=5, help="train steps per timed repeat")
-  parser.add_argument("--landscape_resolution", type=int, default=21, help="grid side; times are per point")
-  parser.add_argument("--exact_params", type=int, default=32, help="diagonal entries timed (per-parameter time)")
+  parser.add_argument("--landscape_resolution", type=int, default=21,
+                      help="grid side; times are per point")
+  parser.add_argument("--exact_params", type=int, default=32,
+                      help="diagonal entries timed (per-parameter time)")
   parser.add_argument("--quick", action="store_true",
                       help="1 repeat, 2 steps, a 5x5 grid, 8 diagonal entries: a smoke run")
   args = parser.parse_args(argv)
@@ -70,8 +74,8 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
-# The JAX platform must be fixed before lmcjax and JAX start (lmcjax applies its
-# CPU settings on import).
+# The JAX platform must be fixed before JAX starts and before lmcjax's CPU
+# settings are applied (they apply only where JAX runs on the CPU alone).
 if ARGS is not None and ARGS.device == "cpu":
   os.environ["JAX_PLATFORMS"] = "cpu"
 # XLA sizes its CPU thread pool by the CPUs this process may run on.
@@ -80,7 +84,9 @@ if ARGS is not None and ARGS.threads:
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import lmcjax  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+if ARGS is not None:
+  cpu_runtime.configure()  # before JAX starts its CPU client
 from flax import traverse_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -88,10 +94,10 @@ from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmcjax import hessian  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import curvature  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import execution as execution_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import interpolate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import landscape  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import masks  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -144,7 +150,8 @@ def mnist_images(count: int):
 
 def random_images(count: int, shape, seed: int = 0):
   rng = np.random.default_rng(seed)
-  return rng.standard_normal((count,) + shape, dtype=np.float32), rng.integers(0, 10, count, dtype=np.int32)
+  return (rng.standard_normal((count,) + shape, dtype=np.float32),
+          rng.integers(0, 10, count, dtype=np.int32))
 
 
 def build_net(name: str, model_overrides: Dict, image_shape, seed: int = 0) -> Net:
@@ -158,7 +165,8 @@ def build_net(name: str, model_overrides: Dict, image_shape, seed: int = 0) -> N
   spec = {"image_shape": list(image_shape), "num_classes": NUM_CLASSES}
   if cfg.name == "convnet":
     side = image_shape[0] // 2 ** cfg.depth
-    spec.update(arch="convnet", width=cfg.width, depth=cfg.depth, feature_shape=[side, side, cfg.width])
+    spec.update(arch="convnet", width=cfg.width, depth=cfg.depth,
+                feature_shape=[side, side, cfg.width])
   else:
     spec.update(arch="lenet", feature_shape=list(image_shape))
   return Net(name, model, params, spec, images, labels)
@@ -176,8 +184,9 @@ def make_row(net: Net, work: str, kind: str, unit: str, jax_fn, count: int, unit
   batch = {"images": net.images[:count], "labels": net.labels[:count]}
   spec = {"kind": kind, "net": net.spec, "options": options or {}}
   target = TARGETS[kind] if net.spec["arch"] == "convnet" else None  # LeNet rows are context
-  return Row(work, target, unit, jax_fn, spec, {**tree_arrays("params", net.params), **batch, **arrays},
-             net.model, net.params, units)
+  return Row(work, target, unit, jax_fn, spec,
+             {**tree_arrays("params", net.params), **batch, **arrays}, net.model, net.params,
+             units)
 
 
 # ---------------------------------------------------------------- rows
@@ -208,8 +217,8 @@ def train_row(net: Net, work: str, steps: int, masked: bool = False) -> Row:
 
 def hutchinson_row(net: Net, work: str) -> Row:
   x, y = jnp.asarray(net.images[:BATCH]), jnp.asarray(net.labels[:BATCH])
-  jax_fn = lambda: hessian.hutchinson(net.model, net.params, {}, x, y, jax.random.PRNGKey(0),
-                                      max_probes=1, batch_size=BATCH).trace
+  problem = curvature.LossProblem(net.model, net.params, {}, x, y, batch_size_examples=BATCH)
+  jax_fn = lambda: curvature.hutchinson(problem, jax.random.PRNGKey(0), max_probes=1).trace
   return make_row(net, work, "hutchinson", "probe", jax_fn, BATCH)
 
 
@@ -217,7 +226,7 @@ class CoordinateSubset(nn.Module):
   """`model` as a function of the coordinates `indices` of its flat parameter
   vector, the others held at the values passed in batch_stats['base']. Its
   exact Hessian diagonal is the model's H_ii at those coordinates, so
-  hessian.exact_diagonal times a few entries of a net too large for all."""
+  curvature.exact_diagonal times a few entries of a net too large for all."""
   model: nn.Module
   indices: tuple
 
@@ -238,9 +247,10 @@ def exact_diag_row(net: Net, work: str, count: int) -> Row:
   # The subset's own params hold no 4-D kernel, so 'auto' would not see the
   # convolutions (vmapped tangents through them become grouped convolutions,
   # far slower on CPU): use the execution exact_diagonal picks for the net itself.
-  execution = train.resolve_execution("auto", net.params)
-  jax_fn = lambda: hessian.exact_diagonal(subset, values, {"base": net.params}, x, y,
-                                          batch_size=BATCH, max_params=count, execution=execution)
+  execution = execution_lib.resolve("auto", net.params)
+  problem = curvature.LossProblem(subset, values, {"base": net.params}, x, y,
+                                  batch_size_examples=BATCH)
+  jax_fn = lambda: curvature.exact_diagonal(problem, max_params=count, execution=execution)
   return make_row(net, work, "exact", "parameter", jax_fn, BATCH, units=count, indices=indices)
 
 
@@ -265,7 +275,8 @@ def landscape_row(net: Net, work: str, resolution: int) -> Row:
   x, y = jnp.asarray(net.images[:EVAL_IMAGES]), jnp.asarray(net.labels[:EVAL_IMAGES])
   jax_fn = lambda: landscape.evaluate_grid(net.model, plane, axes, {}, x, y)["loss"]
   coords = np.asarray([(cx, cy) for cy in axes[1] for cx in axes[0]], np.float64)
-  directions = {k: v for i, d in enumerate(plane.directions) for k, v in tree_arrays(f"direction{i}", d).items()}
+  directions = {k: v for i, d in enumerate(plane.directions)
+                for k, v in tree_arrays(f"direction{i}", d).items()}
   # The plane's origin is net.params, the row's "params".
   return make_row(net, work, "landscape", "point", jax_fn, EVAL_IMAGES, units=len(coords),
                   coords=coords, **directions)
@@ -277,7 +288,8 @@ def build_rows(args) -> List[Row]:
   lenet = build_net("LeNet-300-100", dict(name="lenet300"), (28, 28, 1))
   builders = {
       "train": lambda: train_row(conv, "train step, SGD momentum, batch 256", args.steps),
-      "masked": lambda: train_row(conv, "masked train step (50% global mask)", args.steps, masked=True),
+      "masked": lambda: train_row(conv, "masked train step (50% global mask)", args.steps,
+                                  masked=True),
       "train_w128": lambda: train_row(
           build_net("ConvNet-3 w128 32x32x3", dict(name="convnet", width=128), (32, 32, 3)),
           "ConvNet-3 w128, 32x32x3, train step", args.steps),
@@ -346,7 +358,8 @@ def check_same_loss(index: int, row: Row, workers: Sequence[TorchWorker]) -> Non
   row's weights and images: each must match lmcjax's, or the row would not
   time the same work."""
   images, labels = row.arrays["images"], row.arrays["labels"]
-  ours = float(train.make_eval_fn(row.model, len(images))(row.eval_params, {}, images, labels)["loss"])
+  ours = float(train.make_eval_fn(row.model, len(images))(
+      row.eval_params, {}, images, labels)["loss"])
   for worker in workers:
     theirs = worker.build(index, row)
     if abs(ours - theirs) > 1e-4 * max(1.0, abs(ours)):
@@ -408,8 +421,10 @@ def header(args, workers: Sequence[TorchWorker], info: dict) -> str:
       f"# jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)); "
       f"torch {info['torch']} on {DEVICE} ({info['threads']} threads); "
       f"PyHessian {'yes' if info['pyhessian'] else 'absent (own HVP)'}; "
-      f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
-      f"# medians of {args.repeats} interleaved repeats; ratio = PyTorch / lmcjax (> 1: lmcjax faster)",
+      f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, "
+      f"load average {os.getloadavg()[0]:.1f}",
+      f"# medians of {args.repeats} interleaved repeats; "
+      "ratio = PyTorch / lmcjax (> 1: lmcjax faster)",
       "",
       "| " + " | ".join(columns) + " |",
       "|---|" + "---:|" * (len(columns) - 1)])

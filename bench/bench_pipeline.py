@@ -19,6 +19,7 @@ import numpy as np
 
 import bench_analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import branches  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -92,4 +93,5 @@ def main():
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   main()

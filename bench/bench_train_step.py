@@ -19,6 +19,7 @@ import numpy as np
 
 from lmcjax.configs.parts import model as model_part
 from lmcjax.configs.parts import train as train_part
+from lmcjax import cpu_runtime
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import train
@@ -109,4 +110,5 @@ def main():
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   main()

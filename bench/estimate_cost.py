@@ -11,8 +11,8 @@ config.train, augmentation included; every stage's train steps are priced at
 that rate), and prints hours at the given achieved TFLOP/s. Distillation
 steps are counted in train-step equivalents (a gradient-matching or
 trajectory-matching step differentiates through a gradient: ~3 train steps
-per example, see OUTER_FACTOR). Counts are checked against a real run's
-records in tests/test_estimate_cost.py.
+per example, see OUTER_FACTOR in lmcjax/distill/methods.py). Counts are checked
+against a real run's records in tests/test_estimate_cost.py.
 
 It is an estimate. The achieved rate is the unknown: measure it on the target
 accelerator with `python bench/bench_pipeline.py` (the GFLOP/s column) and pass
@@ -35,6 +35,7 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import dense  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.distill import registry as distill_registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.distill import stage as distill_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import imp  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -52,10 +53,6 @@ DATASETS = {
     "cifar100": (50000, 10000, (32, 32, 3), 100),
     "svhn_cropped": (73257, 26032, (32, 32, 3), 10),
 }
-# Train-step equivalents per synthetic example of one outer step: the loss is
-# a function of a gradient (GM) or of an unrolled SGD path (MTT), so its image
-# gradient costs about a forward, a backward and a backward of the backward.
-OUTER_FACTOR = 3.0
 
 
 def flops_per_example(model_cfg, spec, num_classes, image_shape):
@@ -66,12 +63,14 @@ def flops_per_example(model_cfg, spec, num_classes, image_shape):
   program = engine.train_program(model, spec, num_classes, 1000)
   step = program.step
   state = program.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1), jnp.zeros(image_shape))
-  data = {"image": jnp.zeros((batch,) + tuple(image_shape)), "label": jnp.zeros((batch,), jnp.int32)}
+  data = {"image": jnp.zeros((batch,) + tuple(image_shape)),
+          "label": jnp.zeros((batch,), jnp.int32)}
   evaluate = jax.jit(train.make_eval_fn(model, batch))
   forward = evaluate.lower(state.params, state.batch_stats, data["image"], data["label"])
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   return (bench_train_step.step_flops(step, state, data, None) / batch,
-          bench_train_step.lowered_flops(forward) / batch, num_params, bool(jax.tree.leaves(state.batch_stats)))
+          bench_train_step.lowered_flops(forward) / batch, num_params,
+          bool(jax.tree.leaves(state.batch_stats)))
 
 
 def run_examples(spec, n: int) -> int:
@@ -86,17 +85,7 @@ def distill_counts(config, n_train: int, num_classes: int):
   syn = d.ipc * f * f  # training images per class
   if d.load_path:  # no distillation; a loaded set is assumed to hold d.ipc per class
     return 0.0, _distill_eval(d, num_classes, syn, d.ipc, initial=False)
-  m = d[d.method]
-  if d.method in ("dc", "idc"):
-    inner_pool = n_train if m.inner_data == "real" else num_classes * syn
-    outer = m.iterations * (num_classes * (m.batch_real + OUTER_FACTOR * syn)
-                            + m.inner_steps * min(m.batch_inner, inner_pool))
-  elif d.method == "dm":
-    outer = m.iterations * num_classes * (m.batch_real / 3 + syn)  # real side: forward only
-  else:
-    batch = m.batch_syn or num_classes * syn
-    experts = m.num_experts * (m.max_start_epoch + m.expert_epochs) * n_train
-    outer = m.iterations * m.syn_steps * batch * OUTER_FACTOR + experts
+  outer = distill_registry.get(d.method).train_examples(d[d.method], num_classes, syn, n_train)
   return outer, _distill_eval(d, num_classes, syn, d.ipc, initial=d.eval.initial)
 
 
@@ -133,7 +122,7 @@ def imp_counts(config, n_train: int, num_classes: int):
 
 def analysed_models(config) -> int:
   """How many models the analysis stage analyses: dense, plus every IMP source at
-  each analysed round (default its last; analysis._targets) unless targets are given."""
+  each analysed round (default its last; analysis.targets) unless targets are given."""
   a = config.analysis
   if a.targets:
     targets = len(a.targets)
@@ -153,7 +142,7 @@ def analysis_counts(config, n_train: int, n_test: int, num_classes: int, num_par
   spec = config.train if a.reuse_config_train else a.branch_train
   branches = a.num_branches * run_examples(spec, n_train)
   pairs = a.num_branches * (a.num_branches - 1) // 2
-  points = pairs * analysis.alphas(a).size
+  points = pairs * analysis.interpolation.alphas(a).size
   modes = len(a.bn_modes) if has_bn else 1
   interp = points * modes * sum(size[s] for s in a.eval_splits)
   if has_bn and "reset" in a.bn_modes:  # BN statistics recomputed at every alpha
@@ -188,11 +177,11 @@ def instability_counts(config, n_train: int, size) -> tuple:
   models = int(c.include_dense) + masked
   batch = train.effective_batch(config.train, n_train)
   steps = train.total_steps(config.train, n_train)
-  start_at = analysis.start_step(config, n_train)
+  start_at = analysis.targets.start_step(config, n_train)
   trained = forwards = 0
   for epoch in c.rewind_epochs:
     k = dense.epoch_step(config, n_train, epoch)
-    if k == start_at and analysis.reuses_analysis_copies(a):
+    if k == start_at and analysis.instability.reuses_analysis_copies(a):
       continue
     trained += c.num_copies * (steps - dense.start_step(config.imp.rewind_schedule, k)) * batch
     forwards += c.num_copies * (c.num_copies - 1) // 2 * c.num_alphas * size[c.split]
@@ -233,7 +222,8 @@ def main(argv):
   measured = {}
   if FLAGS.measured:
     summary = logs.read_json(os.path.join(FLAGS.measured, "summary.json"))
-    measured = {k: v["seconds"] for k, v in summary.items() if isinstance(v, dict) and "seconds" in v}
+    measured = {k: v["seconds"] for k, v in summary.items()
+                if isinstance(v, dict) and "seconds" in v}
   print(f"# {config.data.name}, model {config.model.name}: {fpe_train / 1e6:.1f} MFLOP per example "
         f"per train step, {fpe_fwd / 1e6:.1f} per forward (XLA cost analysis)")
   head = ["stage", "train-step examples", "TFLOP"] + [f"hours @ {r:g} TFLOP/s" for r in rates]
@@ -248,7 +238,8 @@ def main(argv):
     if measured and name in measured:
       cells += [f"{measured[name]:.0f}", f"{tflop * 1e3 / measured[name]:.1f}"]
     print("| " + " | ".join(cells) + " |")
-  print("| total | | " + f"{total:,.1f} | " + " | ".join(f"{total / r / 3600:.2f}" for r in rates) + " |")
+  print("| total | | " + f"{total:,.1f} | "
+        + " | ".join(f"{total / r / 3600:.2f}" for r in rates) + " |")
 
 
 if __name__ == "__main__":

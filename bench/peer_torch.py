@@ -58,13 +58,15 @@ def torch_layout(params, feature_shape) -> List[np.ndarray]:
   out = []
   convs = sorted((k for k in params if k.startswith("Conv_")), key=lambda k: int(k[5:]))
   for i, name in enumerate(convs):
-    out += [np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1), np.asarray(params[name]["bias"])]
+    out += [np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1),
+            np.asarray(params[name]["bias"])]
     norm = params[f"GroupNorm_{i}"]
     out += [np.asarray(norm["scale"]), np.asarray(norm["bias"])]
   dense = sorted((k for k in params if k.startswith("Dense_")), key=lambda k: int(k[6:]))
   for i, name in enumerate(dense):
     kernel = np.asarray(params[name]["kernel"])
-    out += [_chw_rows(kernel, feature_shape) if i == 0 else kernel.T, np.asarray(params[name]["bias"])]
+    out += [_chw_rows(kernel, feature_shape) if i == 0 else kernel.T,
+            np.asarray(params[name]["bias"])]
   return out
 
 

@@ -69,7 +69,8 @@ class Worker:
     return module
 
   def tensors(self, spec, tree):
-    return peer_torch.tensors(peer_torch.torch_layout(tree, tuple(spec["net"]["feature_shape"])), self.device)
+    return peer_torch.tensors(
+        peer_torch.torch_layout(tree, tuple(spec["net"]["feature_shape"])), self.device)
 
   def batch(self, arrays: Arrays):
     images = np.ascontiguousarray(arrays["images"].transpose(0, 3, 1, 2))

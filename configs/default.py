@@ -31,7 +31,8 @@ def get_config(model: str = "lenet300") -> ml_collections.ConfigDict:
   # augmentation while the init stays fixed.
   config.seeds = ml_collections.ConfigDict(dict(init=0, data_order=0, augment=0))
   config.data = ml_collections.ConfigDict(dict(
-      name="mnist5k",  # mnist5k | digits | mnist | fashion_mnist | cifar10 | cifar100 | svhn_cropped | npz
+      # mnist5k | digits | mnist | fashion_mnist | cifar10 | cifar100 | svhn_cropped | npz
+      name="mnist5k",
       data_dir="",  # tfds data_dir; '' means $TFDS_DATA_DIR or ~/tensorflow_datasets
       download=False,  # never touch the network unless asked
       npz_path="",
@@ -46,7 +47,8 @@ def get_config(model: str = "lenet300") -> ml_collections.ConfigDict:
   config.model = model_part.get(model)
   config.train = train_part.train_spec()
   config.prune = ml_collections.ConfigDict(dict(
-      scope="all_kernels",  # all_kernels (paper, output layer included) | hidden_kernels | conv_kernels
+      # all_kernels (paper, output layer included) | hidden_kernels | conv_kernels
+      scope="all_kernels",
   ))
   config.distill = distill_part.get_section()
   # The default's whole pipeline must fit in 5 minutes on 2 CPU cores:

@@ -1,6 +1,7 @@
 """IDC on CIFAR-10 (Kim et al. 2022), the seed paper's distilled data.
 
-  python launch/main.py --config configs/distill_idc_cifar10.py --workdir runs/idc_c10 --config.distill.ipc=10
+  python launch/main.py --config configs/distill_idc_cifar10.py --workdir runs/idc_c10 \\
+      --config.distill.ipc=10
 
 IDC's reproduce settings for CIFAR-10 (its misc/reproduce.py and argument.py):
 ConvNet-3 instance norm width 128, multi-formation factor 2, MSE gradient
@@ -38,7 +39,7 @@ def get_config():
   d.idc.update(dict(iterations=200_000, net_reset_every=100, factor=2, distance="mse",
                     inner_data="real", batch_real=64, inner_steps=31, batch_inner=64,
                     lr_net=0.01, optimizer="sgd", lr_images=5e-3 / mean_var, momentum=0.5))
-  d.eval.num_seeds, d.eval.vmap_seeds = 5, True
+  d.eval.num_seeds = 5  # vmapped on an accelerator (distill.execution='auto')
   spec = d.eval.spec
   spec.update(epochs=1000, batch_size=64, milestones=(2 / 3, 5 / 6), gamma=0.2)
   spec.augment.dsa_strategy = "color_crop_flip_scale_rotate"  # IDC drops cutout under CutMix

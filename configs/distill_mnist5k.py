@@ -1,7 +1,8 @@
 """Fast offline distillation of MNIST-5k (4k train digits) at 10 images per class.
 
   python launch/main.py --config configs/distill_mnist5k.py --workdir runs/distill_dm
-  python launch/main.py --config configs/distill_mnist5k.py --workdir runs/distill_dc --config.distill.method=dc
+  python launch/main.py --config configs/distill_mnist5k.py --workdir runs/distill_dc \\
+      --config.distill.method=dc
   (likewise method=idc | mtt)
 
 ConvNet-3 with instance norm as in the papers, but width 32 instead of 128 so

@@ -36,7 +36,7 @@ def get_config(ipc: str = "10"):
                     syn_steps=syn_steps, expert_epochs=2, max_start_epoch=max_start,
                     batch_syn=batch_syn, remat=True, num_experts=100, lr_teacher=0.01,
                     batch_teacher=256, lr_init=0.01))
-  d.eval.num_seeds, d.eval.vmap_seeds = 5, True
+  d.eval.num_seeds = 5  # vmapped on an accelerator (distill.execution='auto')
   d.eval.spec.epochs = 1000
   d.eval.spec.augment.dsa_strategy = "color_crop_cutout_flip_scale_rotate"
   return config

@@ -8,6 +8,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from lmcjax import cpu_runtime
 from lmcjax import logs
 from lmcjax import parallel
 from lmcjax import pipeline
@@ -27,7 +28,8 @@ def parse_flags(argv):
     return argv
   except Exception as e:  # pylint: disable=broad-except
     cause = e.__cause__ or e
-    lines = [l.strip() for l in str(cause).replace("\\n", "\n").splitlines() if l.strip()]
+    lines = [line.strip() for line in str(cause).replace("\\n", "\n").splitlines()
+             if line.strip()]
     detail = " ".join(lines[-2:]) if lines else type(cause).__name__
     sys.exit(f"lmcjax: error: bad --config file or override: {type(cause).__name__}: {detail}")
 
@@ -46,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   app.run(main, flags_parser=parse_flags)

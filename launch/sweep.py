@@ -1,7 +1,8 @@
 """Runs one job of a config's sweep (config.sweep.axes) into ROOT/<job name>.
 
   python launch/sweep.py --config configs/X.py --workdir ROOT --list
-  python launch/sweep.py --config configs/X.py --workdir ROOT --job_index 3 [--config.train.epochs=3]
+  python launch/sweep.py --config configs/X.py --workdir ROOT --job_index 3 \\
+      [--config.train.epochs=3]
   python launch/aggregate.py --workdir ROOT
 
 --list prints the jobs and their count; --count prints only the count (for
@@ -18,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # Reuses launch/main.py's --config/--workdir flags and its one-line flag errors.
 import main as main_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -54,4 +56,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_runtime.configure()  # before JAX starts its CPU client
   app.run(main, flags_parser=main_lib.parse_flags)

@@ -1,6 +1,6 @@
-"""lmcjax: linear mode connectivity of sparse networks found with distilled data."""
-from lmcjax import cpu_runtime as _cpu_runtime
+"""lmcjax: linear mode connectivity of sparse networks found with distilled data.
 
+Importing lmcjax changes nothing in the process (no environment variable, no
+malloc setting): programs apply the CPU settings with cpu_runtime.configure().
+"""
 __version__ = "0.1.0"
-# Before any JAX computation starts the CPU client; see lmcjax/cpu_runtime.py.
-_cpu_runtime.configure()

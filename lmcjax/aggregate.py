@@ -50,7 +50,8 @@ def _discover(root: str) -> List[Dict[str, Any]]:
     if name in known or not os.path.isdir(workdir):
       continue
     job = _read(os.path.join(workdir, sweep.JOB_FILE))
-    if job or any(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json", "config.json")):
+    if job or any(os.path.exists(os.path.join(workdir, f))
+                  for f in ("summary.json", "config.json")):
       jobs.append(job or {"index": None, "name": name, "overrides": {}})
   return jobs
 
@@ -112,7 +113,8 @@ def override_columns(records: Sequence[Record]) -> List[str]:
   columns = []
   for record in records:
     columns += [k for k in record
-                if k not in fixed and not k.startswith(("summary.", "results.")) and k not in columns]
+                if k not in fixed and not k.startswith(("summary.", "results."))
+                and k not in columns]
   return columns
 
 
@@ -154,7 +156,8 @@ def seed_means(records: Sequence[Record], overrides: Sequence[str],
 
 def markdown(root: str, records: Sequence[Record], patterns: Sequence[str] = ()) -> str:
   overrides, metrics = override_columns(records), metric_columns(records, patterns)
-  counts = {s: sum(r["status"] == s for r in records) for s in (DONE, UNFINISHED, MISSING, UNREADABLE)}
+  counts = {s: sum(r["status"] == s for r in records)
+            for s in (DONE, UNFINISHED, MISSING, UNREADABLE)}
   lines = [f"# Sweep aggregate: {root}", "",
            f"{len(records)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), ""]
   short = [m.split(".", 1)[1] if m.startswith("summary.") else m for m in metrics]
@@ -170,7 +173,10 @@ def markdown(root: str, records: Sequence[Record], patterns: Sequence[str] = ())
 
 
 def aggregate(root: str, patterns: Sequence[str] = ()) -> List[Record]:
-  """Writes ROOT/aggregate.json (a list of flat records) and ROOT/aggregate.md; returns the records."""
+  """Writes ROOT/aggregate.json (a list of flat records) and ROOT/aggregate.md.
+
+  Returns the records.
+  """
   records = collect(root)
   logs.write_json(os.path.join(root, "aggregate.json"), records)
   logs.write_text(os.path.join(root, "aggregate.md"), markdown(root, records, patterns))

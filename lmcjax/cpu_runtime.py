@@ -1,8 +1,17 @@
-"""Process-wide settings that make XLA:CPU fast; lmcjax applies them on import.
+"""Process-wide settings that make XLA:CPU fast, applied by programs, never on import.
 
-Both act only if they are in place before JAX starts its CPU client (at the
-first computation), so import lmcjax before running any JAX code. Profiles:
-README, Performance (bench/bench_peer.py).
+`import lmcjax` leaves the process alone: a notebook keeps exactly the process
+it had. The programs (launch/main.py, launch/sweep.py, the bench scripts, the
+test suite's conftest.py) call `configure()` first thing; a notebook that wants
+the same speed calls it once, before its first JAX computation:
+
+  from lmcjax import cpu_runtime
+  cpu_runtime.configure()
+
+Both settings act only if they are in place before JAX starts its CPU client
+(at the first computation), and only where JAX will run on the CPU alone: on a
+machine with a GPU or TPU backend nothing is changed. Profiles:
+docs/performance.md (bench/bench_peer.py).
 
 1. XLA flag `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`.
    jaxlib 0.10.2 hands single convolutions to YNNPACK. Its weight gradient of
@@ -17,7 +26,7 @@ README, Performance (bench/bench_peer.py).
    2 GiB, keeps those pages mapped. The cost is memory: freed blocks stay with
    the process for reuse, and the heap settles at ~3 temporary buffers more
    than before (ConvNet-3 w32: 570 MB -> 900 MB resident, flat over 400
-   steps). Applied only where JAX can run on nothing but the CPU.
+   steps).
 
 A user's own choice wins: an XLA_FLAGS entry for the flag, glibc malloc
 settings in the environment (GLIBC_TUNABLES=glibc.malloc.*, MALLOC_*_), or
@@ -87,10 +96,12 @@ def keep_malloc_pages_mapped() -> bool:
   return all(libc.mallopt(param, value) == 1 for param, value in MALLOPT_SETTINGS)
 
 
-def configure(environ=os.environ) -> None:
-  """Applies both settings to this process unless the user opted out."""
-  if environ.get(OPT_OUT, "1") == "0":
-    return
+def configure(environ=os.environ) -> bool:
+  """Applies both settings to this process where JAX will run on the CPU alone,
+  unless the user opted out. Returns whether it applied them."""
+  if environ.get(OPT_OUT, "1") == "0" or not cpu_only(environ):
+    return False
   environ["XLA_FLAGS"] = xla_flags_with_defaults(environ.get("XLA_FLAGS", ""))
-  if cpu_only(environ) and not user_set_malloc(environ):
+  if not user_set_malloc(environ):
     keep_malloc_pages_mapped()
+  return True

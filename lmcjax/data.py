@@ -162,12 +162,14 @@ def validate_arrays(name: str, x_train, y_train, x_test, y_test,
   for key, y, x in (("y_train", y_train, x_train), ("y_test", y_test, x_test)):
     validate.require(y.ndim == 1 and len(y) == len(x),
                      f"{name}: {key} must be 1-D with {len(x)} labels, got shape {y.shape}")
-    validate.require(np.issubdtype(y.dtype, np.integer), f"{name}: {key} must be integer, got {y.dtype}")
+    validate.require(np.issubdtype(y.dtype, np.integer),
+                     f"{name}: {key} must be integer, got {y.dtype}")
     validate.require(len(y) > 0, f"{name}: {key} is empty")
   classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
   for key, y in (("y_train", y_train), ("y_test", y_test)):
     bad = y[(y < 0) | (y >= classes)]
-    validate.require(bad.size == 0, f"{name}: {key} has label {bad[:1].tolist()} outside [0, {classes})")
+    validate.require(bad.size == 0,
+                     f"{name}: {key} has label {bad[:1].tolist()} outside [0, {classes})")
   if not num_classes:
     _check_no_gaps(name, np.union1d(y_train, y_test), classes)
   return classes
@@ -177,7 +179,8 @@ def _check_no_gaps(name: str, present: np.ndarray, classes: int) -> None:
   """Labels read as classes 0..max must all occur: labels 0, 5, ..., 45 are ten
   classes, not 46, and a 46-way classifier would silently train on them."""
   absent = np.setdiff1d(np.arange(classes), present)
-  shown = present.tolist() if present.size <= 6 else present[:3].tolist() + ["..."] + present[-2:].tolist()
+  shown = (present.tolist() if present.size <= 6
+           else present[:3].tolist() + ["..."] + present[-2:].tolist())
   validate.require(absent.size == 0, (
       f"{name}: the labels {shown} leave gaps ({absent.size} of 0..{classes - 1} never occur, "
       f"e.g. {absent[:3].tolist()}), so they would be read as {classes} classes; relabel them "

@@ -1,4 +1,4 @@
-"""The train stage: the dense real-data run and its rewind points, shared by every stage.
+"""The dense real-data run and its rewind points, shared by every stage.
 
 The train stage, IMP (its round 0 and its rewind point) and the analysis
 (branches from step k, the instability curve) all need the same run: config.train
@@ -14,13 +14,12 @@ stages ran or were cached.
 import hashlib
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from lmcjax import checkpoints
-from lmcjax import logs
 from lmcjax import runtime
 from lmcjax import train
 from lmcjax import validate
@@ -119,49 +118,8 @@ def final(s, workdir: str, log=None, save_steps: Iterable[int] = ()) -> runtime.
   tree = checkpoints.load_tree(path, _like(s), what="dense run")
   steps = num_steps(s.config, n)
   state = train.TrainState(step=jnp.asarray(steps, jnp.int32), params=tree["params"],
-                           batch_stats=tree["batch_stats"], opt_state=(), rng=jnp.zeros(2, jnp.uint32))
+                           batch_stats=tree["batch_stats"], opt_state=(),
+                           rng=jnp.zeros(2, jnp.uint32))
   test = runtime.evaluate(s, state.params, state.batch_stats)
   batch = train.effective_batch(s.config.train, n)
   return runtime.RunResult(state, test, train.data_cost(steps, batch, n))
-
-
-def planned_steps(config, num_train: int) -> List[int]:
-  """Every dense step the configured stages rewind to, for the train stage to save."""
-  steps = set()
-  if "imp" in config.stages and "imp" in config:
-    c = config.imp
-    steps.add(c.rewind_step or epoch_step(config, num_train, c.rewind_epochs))
-  if "analysis" in config.stages and "analysis" in config:
-    a = config.analysis
-    if a.start == "epoch":
-      steps.add(epoch_step(config, num_train, a.start_epoch))
-    if a.instability.enabled:
-      steps.update(epoch_step(config, num_train, e) for e in a.instability.rewind_epochs)
-  return sorted(k for k in steps if k > 0)
-
-
-# ---------------------------------------------------------------- the stage
-def check_config(config) -> None:
-  del config  # pipeline.check_config checks config.train for every run
-
-
-def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
-  """Trains the dense model on real data with config.train, saving its rewind points."""
-  n = int(s.x_train.shape[0])
-  result = final(s, workdir, log, planned_steps(s.config, n))
-  train_metrics = runtime.evaluate(s, result.state.params, result.state.batch_stats, "train")
-  log.write("train", int(result.state.step), {"test_loss": result.test["loss"],
-                                              "test_accuracy": result.test["accuracy"]})
-  return {"test_accuracy": result.test["accuracy"], "test_loss": result.test["loss"],
-          "train_accuracy": train_metrics["accuracy"], "train_loss": train_metrics["loss"],
-          "num_test": int(s.x_test.shape[0]), "steps": int(result.state.step),
-          "rewind_steps_saved": planned_steps(s.config, n), **result.cost}
-
-
-# The snapshots are keyed by their own inputs (run_dir), so they are never
-# moved aside. The imp and analysis fields say which rewind points to save.
-STAGE = runtime.Stage(
-    "train", run_stage, check_config,
-    reads=("seeds", "data", "model", "train", "prune", "eval_batch_size", "parallel", "stages",
-           "imp.rewind_step", "imp.rewind_epochs", "analysis.start", "analysis.start_epoch",
-           "analysis.instability.enabled", "analysis.instability.rewind_epochs"))

@@ -11,7 +11,7 @@ distilled set and MTT's experts all come down to the same three pieces:
   fit         the loop: it stops at log and checkpoint steps, checks the
               losses for NaN/inf there and names the first bad step.
 `run` trains one copy; `run_copies` trains K copies, vmapped or one after the
-other (train.resolve_execution picks per backend). Copy i of run_copies is
+other (execution.resolve picks per backend). Copy i of run_copies is
 the run of `run` with the same copy: bit for bit when sequential; vmapped,
 bit for bit at small sizes and up to float rounding beyond them, where XLA:CPU
 sums some batched reductions in another order (see tests/test_engine.py).
@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from lmcjax import checkpoints
+from lmcjax import execution as execution_lib
 from lmcjax import progress
 from lmcjax import rng
 from lmcjax import train
@@ -212,8 +213,9 @@ def run(program: Program, copy: Copy, mask, end: int, *, log_every: int = 0,
   """Trains one copy from copy.state.step to `end` with the Python-driven step.
 
   checkpointer (checkpoints.StateCheckpointer), if given, resumes from its
-  latest saved state and saves the state as fit does. placer (parallel.BatchPlacer), if given, replicates the state and mask and
-  shards each batch over the data-parallel mesh. on_step(done, state,
+  latest saved state and saves the state as fit does. placer
+  (parallel.BatchPlacer), if given, replicates the state and mask and shards
+  each batch over the data-parallel mesh. on_step(done, state,
   metrics), if given, sees the state after every step before the next step
   donates it (rewind-point snapshots). Returns (state, the last step's loss).
   The copy's arrays are copied first, never donated.
@@ -230,18 +232,14 @@ def run(program: Program, copy: Copy, mask, end: int, *, log_every: int = 0,
   return state, float(last[0])
 
 
-def stack(trees: Sequence[PyTree]) -> PyTree:
-  """The trees stacked on a new leading (copy) axis."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
 def resume(copies: Sequence[Copy], states: PyTree) -> List[Copy]:
   """The copies continued from `states` (stacked, as run_copies returns them)."""
   return [dataclasses.replace(c, state=jax.tree.map(lambda a, i=i: a[i], states))
           for i, c in enumerate(copies)]
 
 
-def _vmapped_steps(program: Program, copies: Sequence[Copy], mask, scan: Optional[bool]) -> Callable:
+def _vmapped_steps(program: Program, copies: Sequence[Copy], mask,
+                   scan: Optional[bool]) -> Callable:
   """fit's advance for K copies: one jit(vmap(scan)) call per stop (scan), or
   one jit(vmap(step)) call per step. scan=None: scan, except for a
   convolutional net on XLA:CPU, which runs the convolutions of a scanned step
@@ -251,10 +249,10 @@ def _vmapped_steps(program: Program, copies: Sequence[Copy], mask, scan: Optiona
   """
   per_copy = not all(c.images is copies[0].images and c.labels is copies[0].labels
                      for c in copies)
-  images = stack([c.images for c in copies]) if per_copy else copies[0].images
-  labels = stack([c.labels for c in copies]) if per_copy else copies[0].labels
+  images = execution_lib.stack([c.images for c in copies]) if per_copy else copies[0].images
+  labels = execution_lib.stack([c.labels for c in copies]) if per_copy else copies[0].labels
   if scan is None:
-    scan = not train.convolutional_on_cpu(copies[0].state.params)
+    scan = not execution_lib.convolutional_on_cpu(copies[0].state.params)
   batched = program.batched(per_copy, scan)
 
   def advance(states, start: int, count: int):
@@ -289,9 +287,10 @@ def _run_vmapped(program: Program, copies: Sequence[Copy], mask, end: int, check
                  scan: Optional[bool] = None):
   starts = {int(c.state.step) for c in copies}
   validate.require(len(starts) == 1, f"vmapped copies must start at one step, got {sorted(starts)}")
-  states = stack([c.state for c in copies])
+  states = execution_lib.stack([c.state for c in copies])
   if checkpointer is not None:
     states = checkpointer.restore_latest(states) or states
+  states = execution_lib.shard_copies(states)  # one or more copies per local device
   return fit(_vmapped_steps(program, copies, mask, scan), states, int(states.step[0]), end,
              [c.name for c in copies], checkpointer=checkpointer)
 
@@ -306,12 +305,12 @@ def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
   batched program, jit(vmap(scan)) or, with scan=False, a jit(vmap(step))
   call per step (scan=None: per backend, see _vmapped_steps; 'sequential'
   ignores it); 'sequential' runs each copy with `run` (placer: see run);
-  'auto' picks per backend (train.resolve_execution).
+  'auto' picks per backend (execution.resolve).
   checkpoint_dir: with checkpoint_every_steps > 0, each copy (sequential) or
   chunk (vmapped) saves its state there that often and at its end, and a
   rerun with the same arguments resumes from it to the same result.
   """
-  execution = train.resolve_execution(execution, copies[0].state.params)
+  execution = execution_lib.resolve(execution, copies[0].state.params)
   shown = progress.Progress(f"{copies[0].name} and the rest", len(copies), "copies")
   if execution == "sequential":
     results = []
@@ -319,7 +318,8 @@ def run_copies(program: Program, copies: List[Copy], mask, end: int, *,
       with _checkpointer(checkpoint_dir, checkpoint_every_steps, i, i) as ckpt:
         results.append(run(program, c, mask, end, placer=placer, checkpointer=ckpt))
       shown.update(len(results))
-    return stack([state for state, _ in results]), np.asarray([loss for _, loss in results])
+    return (execution_lib.stack([state for state, _ in results]),
+            np.asarray([loss for _, loss in results]))
   chunk = chunk or len(copies)
   results = []
   for i in range(0, len(copies), chunk):

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from lmcjax import checkpoints
 from lmcjax import dense
 from lmcjax import logs
+from lmcjax import mask_costs
 from lmcjax import masks
 from lmcjax import plots
 from lmcjax import progress
@@ -42,6 +43,7 @@ from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
 from lmcjax import workdir as layout
+from lmcjax.stages import base
 
 PyTree = Any
 # Also the run order: 'random' draws its masks from the real source's masks.
@@ -62,7 +64,8 @@ def check_config(config) -> None:
   validate.require(len(c.sources) > 0, "imp.sources is empty")
   for source in c.sources:
     validate.choice("imp.sources entry", source, SOURCES)
-  validate.require(len(set(c.sources)) == len(c.sources), f"imp.sources {tuple(c.sources)} repeats a source")
+  validate.require(len(set(c.sources)) == len(c.sources),
+                   f"imp.sources {tuple(c.sources)} repeats a source")
   validate.require(isinstance(c.rounds, int) and c.rounds >= 0,
                    f"imp.rounds must be an integer >= 0, got {c.rounds!r}")
   validate.fraction_open("imp.prune_fraction", c.prune_fraction)
@@ -99,13 +102,10 @@ def rewind_step(config, num_train: int) -> int:
   return step
 
 
-def analysed_rounds(config) -> Tuple[int, ...]:
-  """The IMP rounds the analysis stage reads: analysis.rounds (default the last
-  round) and the rounds its explicit targets name."""
-  rounds = set(config.analysis.rounds) if "analysis" in config else set()
-  if "analysis" in config:
-    rounds.update(int(str(t).split(":")[1]) for t in config.analysis.targets if ":" in str(t))
-  return tuple(sorted(rounds or {config.imp.rounds}))
+def retrained_rounds(config) -> Tuple[int, ...]:
+  """The rounds imp.retrain_rounds='analysed' retrains on real data: those the
+  configured stages read (config.needs.imp_rounds), else the last round."""
+  return tuple(config.needs.imp_rounds) or (config.imp.rounds,)
 
 
 def retrains(config, source: str, k: int) -> bool:
@@ -113,7 +113,7 @@ def retrains(config, source: str, k: int) -> bool:
   c = config.imp
   if source == "real" or k == 0 or c.retrain_rounds == "all":
     return True
-  return c.retrain_rounds == "analysed" and k in analysed_rounds(config)
+  return c.retrain_rounds == "analysed" and k in retrained_rounds(config)
 
 
 def _ordered_sources(c) -> Tuple[str, ...]:
@@ -122,7 +122,8 @@ def _ordered_sources(c) -> Tuple[str, ...]:
 
 def _distilled_rounds(c, source: str) -> int:
   """How many rounds (from round 0) of `source` find their mask on distilled data."""
-  return {"distilled": c.rounds, "combined": min(c.combined_distilled_rounds, c.rounds)}.get(source, 0)
+  rounds = {"distilled": c.rounds, "combined": min(c.combined_distilled_rounds, c.rounds)}
+  return rounds.get(source, 0)
 
 
 # ---------------------------------------------------------------- rewinding
@@ -151,7 +152,8 @@ def _variables_like(s: runtime.Setup) -> Dict[str, PyTree]:
 
 def load_rewind(s: runtime.Setup, workdir: str) -> Tuple[PyTree, PyTree]:
   """The saved rewind point as (params, batch_stats); errors if missing or mismatched."""
-  tree = checkpoints.load_tree(layout.rewind_point(workdir), _variables_like(s), what="rewind point")
+  tree = checkpoints.load_tree(layout.rewind_point(workdir), _variables_like(s),
+                               what="rewind point")
   return tree["params"], tree["batch_stats"]
 
 
@@ -265,7 +267,7 @@ class _SourceRun:
             **(result.cost if retrained else train.data_cost(0, 1, 0)), "prune_run": prune_cost,
             # How well the net trained on distilled data alone does (before retraining).
             "distilled_test_accuracy": distilled_run.test["accuracy"] if distilled_run else None,
-            "layer_sparsity": {n: l["sparsity"] for n, l in report["layers"].items()}}
+            "layer_sparsity": {n: layer["sparsity"] for n, layer in report["layers"].items()}}
 
   def carry(self, k: int) -> Optional[Dict[str, PyTree]]:
     """Round k's trained variables that round k+1 inherits under the partial rewind."""
@@ -306,55 +308,6 @@ def _variables(result: runtime.RunResult) -> Dict[str, PyTree]:
   return {"params": result.state.params, "batch_stats": result.state.batch_stats}
 
 
-# ---------------------------------------------------------------- results
-
-
-def _mask_costs(markers: List[Dict[str, Any]]) -> List[Tuple[int, int]]:
-  """(examples seen, distinct examples) spent finding mask_k, for k = 0..len(markers).
-
-  Sums the runs pruned in rounds < k. Distinct points add up over datasets
-  (real, distilled), taking per dataset the most one run used: exact when
-  every run covers its dataset at least once, as IMP's runs do.
-  """
-  seen, distinct, out = 0, {}, []
-  for m in markers:
-    out.append((seen, sum(distinct.values())))
-    run = m["prune_run"]
-    if run:
-      seen += run["examples_seen"]
-      distinct[run["data"]] = max(distinct.get(run["data"], 0), run["distinct_examples"])
-  out.append((seen, sum(distinct.values())))
-  return out
-
-
-def results_rows(markers: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """imp.jsonl rows: each round's marker with the data cost of finding its mask."""
-  rows = []
-  for m, (seen, distinct) in zip(markers, _mask_costs(markers)):
-    row = {k: v for k, v in m.items() if k != "prune_run"}
-    row.update(mask_examples_seen=seen, mask_distinct_examples=distinct)
-    rows.append(row)
-  return rows
-
-
-def cost_summary(markers_by_source: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
-  """Per source: the data that finding all its masks took, and what retraining took.
-
-  real_over_distilled is the paper's "N x fewer training points" factor.
-  """
-  out = {}
-  for source, markers in markers_by_source.items():
-    seen, distinct = _mask_costs(markers)[-1]
-    out[source] = {"mask_examples_seen": seen, "mask_distinct_examples": distinct,
-                   "retrain_examples_seen": sum(m["examples_seen"] for m in markers)}
-  if "real" in out and "distilled" in out and out["distilled"]["mask_examples_seen"]:
-    real, dist = out["real"], out["distilled"]
-    out["real_over_distilled"] = {
-        "examples_seen": real["mask_examples_seen"] / dist["mask_examples_seen"],
-        "distinct_examples": real["mask_distinct_examples"] / dist["mask_distinct_examples"]}
-  return out
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -373,7 +326,8 @@ def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str,
   rewind = _ensure_rewind(s, workdir, step, log)
   markers_by_source = {source: _SourceRun(s, workdir, source, rewind, step, distilled, log).run()
                        for source in _ordered_sources(c)}
-  rows_by_source = {source: results_rows(m) for source, m in markers_by_source.items()}
+  rows_by_source = {source: mask_costs.results_rows(m)
+                    for source, m in markers_by_source.items()}
   rows = [r for source in rows_by_source for r in rows_by_source[source]]
   logs.write_jsonl(os.path.join(layout.imp_dir(workdir), RESULTS_FILE), rows)
   plot_path = plots.plot_accuracy_vs_sparsity(
@@ -387,15 +341,17 @@ def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str,
       "distilled_set": distilled["path"] if distilled else None,
       "accuracy": {src: [[round(r["sparsity"], 4), r["test_accuracy"]] for r in rows_by_source[src]
                          if r["retrained"]] for src in rows_by_source},
-      "data_cost": cost_summary(markers_by_source),
+      "data_cost": mask_costs.cost_summary(markers_by_source),
       "results": os.path.join(layout.imp_dir(workdir), RESULTS_FILE), "plot": plot_path,
   }
 
 
 # A change in any field read, or in the distill stage's inputs, moves DIR/imp
-# aside and starts over. The analysed rounds decide which rounds are retrained.
-STAGE = runtime.Stage(
+# aside and starts over. The rounds later stages read decide which rounds are
+# retrained (needs.imp_rounds).
+STAGE = base.Stage(
     "imp", run_stage, check_config,
     reads=("seeds", "data", "model", "train", "prune", "eval_batch_size", "parallel", "stages",
-           "imp", "analysis.rounds", "analysis.targets"),
-    depends_on=("distill",), output_dirs=lambda workdir: (layout.imp_dir(workdir),))
+           "imp", "needs.imp_rounds"),
+    depends_on=("distill",), output_dirs=lambda workdir: (layout.imp_dir(workdir),),
+    rewind_steps=lambda config, num_train: (rewind_step(config, num_train),))

@@ -1,11 +1,11 @@
 """Linear interpolation between two solutions, evaluated at a vector of alphas.
 
 theta(alpha) = (1 - alpha) theta_a + alpha theta_b. The alphas run as chosen
-per backend (train.resolve_execution): on an accelerator one jitted program
+per backend (execution.resolve): on an accelerator one jitted program
 vmaps over `alpha_chunk` alphas at a time and lax.maps over the chunks, so
 memory is `alpha_chunk` parameter copies; on CPU a convolutional net runs one
 jitted call per alpha, since vmapped parameter copies turn its convolutions
-into grouped convolutions that XLA:CPU runs slowly (map_points).
+into grouped convolutions that XLA:CPU runs slowly (execution.map_points).
 
 Barriers:
   error_barrier: max_alpha err(alpha) - (err(0) + err(1)) / 2, the
@@ -20,13 +20,14 @@ alpha, since interpolated weights make the interpolated statistics stale.
 """
 import functools
 import itertools
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmcjax import execution as execution_lib
 from lmcjax import masks
 from lmcjax import models
 from lmcjax import train
@@ -34,44 +35,6 @@ from lmcjax import validate
 
 PyTree = Any
 BN_MODES = ("interpolate", "reset")
-
-
-def chunked_vmap(fn: Callable, xs: PyTree, chunk: int) -> PyTree:
-  """fn vmapped over the leading axis of xs, `chunk` rows at a time (lax.map).
-
-  Use under jit. The rows are padded with copies of the last row to whole
-  chunks and the padding is dropped, so any count works with one compile.
-  """
-  validate.positive("chunk size", chunk)
-  n = jax.tree.leaves(xs)[0].shape[0]
-  validate.require(n > 0, "nothing to evaluate: zero points")
-  chunk = min(chunk, n)
-  pad = (-n) % chunk
-  pad_rows = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
-  blocks = jax.tree.map(lambda a: pad_rows(a).reshape((-1, chunk) + a.shape[1:]), xs)
-  out = jax.lax.map(jax.vmap(fn), blocks)
-  return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
-
-
-def map_points(point_fn: Callable, chunk: int, execution: str) -> Callable:
-  """Returns run(args, points) -> point_fn(args, p) for each row p of points, stacked.
-
-  point_fn(args, p) returns a tree of arrays; points is a host array.
-  execution 'vmapped': one jitted program, chunked_vmap over `chunk` points at
-  a time. 'sequential': a Python loop over one jitted point_fn call per point
-  (one compile), with the results stacked on the device. Build it once per
-  point_fn (under functools.lru_cache) so its programs compile once.
-  """
-  if execution == "sequential":
-    one = jax.jit(point_fn)
-
-    def run(args, points):
-      outs = [one(args, p) for p in np.asarray(points)]
-      return jax.tree.map(lambda *o: jnp.stack(o), *outs)
-
-    return run
-  return jax.jit(lambda args, points: chunked_vmap(functools.partial(point_fn, args), points,
-                                                   chunk))
 
 
 def interpolate(a: PyTree, b: PyTree, alpha, mask: Optional[PyTree] = None) -> PyTree:
@@ -131,12 +94,13 @@ def _path_program(model, eval_batch_size: int, alpha_chunk: int, reset_bn: bool,
       stats = interpolate(end_a["batch_stats"], end_b["batch_stats"], alpha)
     return evaluate(params, stats, images, labels)
 
-  return map_points(at_alpha, alpha_chunk, execution)
+  return execution_lib.map_points(at_alpha, alpha_chunk, execution)
 
 
 def _at(values: np.ndarray, alphas: np.ndarray, target: float) -> float:
   hit = np.flatnonzero(alphas == target)
-  validate.require(hit.size > 0, f"barriers need alpha {target} among the alphas, got {alphas.tolist()}")
+  validate.require(hit.size > 0,
+                   f"barriers need alpha {target} among the alphas, got {alphas.tolist()}")
   return float(values[hit[0]])
 
 
@@ -172,7 +136,7 @@ def evaluate_path(model, end_a: PyTree, end_b: PyTree, alphas, images, labels, *
     bn_mode: 'interpolate' the running statistics or 'reset' them on bn_images.
     bn_images: (K, B, H, W, C) training batches for bn_mode='reset'.
     alpha_chunk: alphas per vmapped call (memory: that many parameter copies).
-    execution: 'auto' | 'vmapped' | 'sequential' (train.resolve_execution);
+    execution: 'auto' | 'vmapped' | 'sequential' (execution.resolve);
       alpha_chunk applies to 'vmapped' only.
   Returns:
     JSON-ready dict: alphas, loss, error, accuracy lists and the barriers.
@@ -187,7 +151,7 @@ def evaluate_path(model, end_a: PyTree, end_b: PyTree, alphas, images, labels, *
   if reset:
     validate.require(bn_images is not None and bn_images.shape[0] > 0 and bn_images.shape[1] > 0,
                      "bn_mode='reset' needs a non-empty (K, B, ...) array of training batches")
-  execution = train.resolve_execution(execution, end_a["params"])
+  execution = execution_lib.resolve(execution, end_a["params"])
   program = _path_program(model, eval_batch_size, alpha_chunk, reset, execution)
   out = jax.device_get(program((end_a, end_b, mask, images, labels, bn_images if reset else None),
                                alphas))
@@ -196,11 +160,6 @@ def evaluate_path(model, end_a: PyTree, end_b: PyTree, alphas, images, labels, *
   return {"alphas": alphas.tolist(), "loss": loss.tolist(), "error": error.tolist(),
           "accuracy": accuracy.tolist(), "bn_mode": bn_mode if reset else "interpolate",
           **barriers(alphas, loss, error)}
-
-
-def take(stacked: PyTree, i: int) -> PyTree:
-  """Copy i of a tree whose leaves have a leading copy axis."""
-  return jax.tree.map(lambda a: a[i], stacked)
 
 
 def pairwise(model, stacked_ends: PyTree, alphas, images, labels, **kwargs) -> Dict[str, Any]:
@@ -212,7 +171,8 @@ def pairwise(model, stacked_ends: PyTree, alphas, images, labels, **kwargs) -> D
   validate.require(num >= 2, f"pairwise barriers need >= 2 copies, got {num}")
   pairs = []
   for i, j in itertools.combinations(range(num), 2):
-    path = evaluate_path(model, take(stacked_ends, i), take(stacked_ends, j), alphas,
+    path = evaluate_path(model, execution_lib.take(stacked_ends, i),
+                         execution_lib.take(stacked_ends, j), alphas,
                          images, labels, **kwargs)
     pairs.append({"i": i, "j": j, **path})
   return {"pairs": pairs, "summary": summarise(pairs)}

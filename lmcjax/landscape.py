@@ -9,9 +9,9 @@ coordinates c is origin + sum_k c_k d_k. Kinds:
     theta1)/2, V1 = (theta3 - theta2)/2; theta0, theta1 sit at (1, 0), (-1, 0)
     and theta2, theta3 at their projections;
   random: Li et al. (2018) filter-normalised Gaussian directions, 1-D or 2-D.
-Grid points run as chosen per backend (train.resolve_execution): vmapped in
+Grid points run as chosen per backend (execution.resolve): vmapped in
 chunks on an accelerator, one jitted call per point for a convolutional net
-on CPU (interpolate.map_points).
+on CPU (execution.map_points).
 """
 import dataclasses
 import functools
@@ -22,7 +22,7 @@ from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 
-from lmcjax import interpolate
+from lmcjax import execution as execution_lib
 from lmcjax import logs
 from lmcjax import masks
 from lmcjax import progress
@@ -154,7 +154,7 @@ def _grid_program(model, eval_batch_size: int, chunk: int, execution: str):
     plane = Plane(origin, directions, {}, "")
     return evaluate(point_params(plane, coords, mask), batch_stats, images, labels)
 
-  return interpolate.map_points(at_point, chunk, execution)
+  return execution_lib.map_points(at_point, chunk, execution)
 
 
 def _evaluate_points(model, plane: Plane, coords: np.ndarray, batch_stats, images, labels, mask,
@@ -189,7 +189,7 @@ def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: 
   or (len(axes[0]),) for a line, plus the axes and the solutions' coordinates.
   batch_stats are used as they are (eval mode) at every point. chunk: points
   per vmapped call when execution ('auto' | 'vmapped' | 'sequential',
-  train.resolve_execution) is 'vmapped'.
+  execution.resolve) is 'vmapped'.
   """
   validate.positive("landscape chunk", chunk)
   validate.require(len(axes) == len(plane.directions),
@@ -197,7 +197,7 @@ def evaluate_grid(model, plane: Plane, axes: Sequence[np.ndarray], batch_stats: 
   validate.require(images.shape[0] > 0, "cannot evaluate a landscape on an empty split")
   mesh = np.meshgrid(*axes, indexing="xy")
   coords = np.stack([m.ravel() for m in mesh], axis=1).astype(np.float32)
-  execution = train.resolve_execution(execution, plane.origin)
+  execution = execution_lib.resolve(execution, plane.origin)
   out = _evaluate_points(model, plane, coords, batch_stats, images, labels, mask, chunk,
                          eval_batch_size, execution)
   shape = mesh[0].shape

@@ -20,16 +20,20 @@ def path_name(path) -> str:
   return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
 
 
-def output_layer(params: PyTree) -> str:
-  """Name of the top-level Dense module created last: the classifier."""
-  dense = [k for k in params if k.startswith("Dense_")]
-  return max(dense, key=lambda k: int(k.split("_")[-1])) if dense else ""
+def prunable_tree(params: PyTree, scope: str = "all_kernels", classifier: str = "") -> PyTree:
+  """Pytree of Python bools: which leaves may be pruned.
 
-
-def prunable_tree(params: PyTree, scope: str = "all_kernels") -> PyTree:
-  """Pytree of Python bools: which leaves may be pruned."""
+  Args:
+    params: the model's parameters.
+    scope: one of SCOPES.
+    classifier: the top-level params key of the classifier head, as the model's
+      registration names it (`models.info(model).classifier`); needed by
+      'hidden_kernels', which keeps the head dense.
+  """
   validate.choice("prune.scope", scope, SCOPES)
-  output = output_layer(params)
+  validate.require(scope != "hidden_kernels" or classifier in params,
+                   f"prune.scope='hidden_kernels' needs the classifier head's name; "
+                   f"{classifier!r} is not a top-level module of these params")
 
   def is_prunable(path, leaf):
     name = path[-1].key if hasattr(path[-1], "key") else ""
@@ -38,7 +42,7 @@ def prunable_tree(params: PyTree, scope: str = "all_kernels") -> PyTree:
     if scope == "conv_kernels":
       return leaf.ndim == 4
     if scope == "hidden_kernels":
-      return path_name(path[:1]) != output
+      return path_name(path[:1]) != classifier
     return True
 
   return jax.tree_util.tree_map_with_path(is_prunable, params)
@@ -57,12 +61,13 @@ def check_matches(mask: PyTree, params: PyTree, what: str = "mask") -> None:
   """One-line error if a mask (or any tree) does not match the params' tree."""
   want = jax.tree_util.tree_flatten_with_path(params)[0]
   got = jax.tree_util.tree_flatten_with_path(mask)[0]
-  want_paths = {path_name(p): np.shape(l) for p, l in want}
-  got_paths = {path_name(p): np.shape(l) for p, l in got}
+  want_paths = {path_name(p): np.shape(leaf) for p, leaf in want}
+  got_paths = {path_name(p): np.shape(leaf) for p, leaf in got}
   missing = sorted(set(want_paths) - set(got_paths))
   extra = sorted(set(got_paths) - set(want_paths))
   validate.require(not missing and not extra,
-                   f"{what} does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+                   f"{what} does not match the model: missing {missing[:3]}, "
+                   f"unexpected {extra[:3]}")
   for name, shape in want_paths.items():
     validate.require(got_paths[name] == shape,
                      f"{what} leaf {name} has shape {got_paths[name]}, model has {shape}")

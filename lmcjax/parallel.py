@@ -102,8 +102,9 @@ def _host_value(x):
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch size") -> None:
   num = mesh.devices.size
   validate.require(batch_size % num == 0,
-                   f"{name} {batch_size} is not divisible by the {num} devices of the data-parallel "
-                   f"mesh; use a multiple of {num} or set parallel.data_parallel=False")
+                   f"{name} {batch_size} is not divisible by the {num} devices of the "
+                   f"data-parallel mesh; use a multiple of {num} or set "
+                   "parallel.data_parallel=False")
 
 
 def shard_batch(batch: Dict[str, Any], mesh: Mesh) -> Dict[str, jax.Array]:

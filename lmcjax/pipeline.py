@@ -1,8 +1,8 @@
 """The stages behind launch/main.py, their order, and the cache that skips
 stages already run with the same inputs.
 
-Each stage module declares a `runtime.Stage` (what it reads, what it depends
-on, what it writes); adding a stage is one module and one line in STAGES.
+Each stage module declares a `stages.base.Stage` (what it reads, needs,
+depends on and writes); adding a stage is one module and one line in STAGES.
 A stage is handed a config holding only the fields it declares, so its cache
 key is what it was handed, never a hand-kept list that can drift from what
 the code reads.
@@ -19,7 +19,6 @@ import ml_collections
 
 from lmcjax import analysis
 from lmcjax import data as data_lib
-from lmcjax import dense
 from lmcjax.distill import stage as distill_stage
 from lmcjax import imp
 from lmcjax import logs
@@ -31,11 +30,26 @@ from lmcjax import report
 from lmcjax import runtime
 from lmcjax import train
 from lmcjax import validate
+from lmcjax.stages import base
+from lmcjax.stages import train as train_stage
 
-STAGES: Dict[str, runtime.Stage] = {
-    stage.name: stage for stage in (dense.STAGE, distill_stage.STAGE, imp.STAGE,
-                                    analysis.STAGE, report.STAGE)
-}
+
+def registry(stages: Iterable[base.Stage]) -> Dict[str, base.Stage]:
+  """name -> stage; a name declared twice, or a dependency on no declared
+  stage, is one line."""
+  out: Dict[str, base.Stage] = {}
+  for stage in stages:
+    validate.require(stage.name not in out, f"stage {stage.name!r} is declared twice")
+    out[stage.name] = stage
+  for stage in out.values():
+    for upstream in stage.depends_on:
+      validate.require(upstream in out, f"stage {stage.name!r} depends on {upstream!r}, "
+                       "which is not a declared stage")
+  return out
+
+
+STAGES = registry((train_stage.STAGE, distill_stage.STAGE, imp.STAGE, analysis.STAGE,
+                   report.STAGE))
 # Handed to every stage but kept out of cache keys: they change how a run is
 # logged and checkpointed, not its results (a resumed run is bit-identical).
 RUN_CONTROL_FIELDS = ("log_every_steps", "checkpoint_every_steps")
@@ -46,6 +60,7 @@ def check_config(config) -> None:
   validate.require(len(config.stages) > 0, "config.stages is empty")
   for name in config.stages:
     validate.choice("config.stages entry", name, STAGES)
+  check_order(config.stages)
   data_lib.check_config(config.data)
   models.check_config(config.model)
   train.check_spec(config.train, "train")
@@ -56,6 +71,35 @@ def check_config(config) -> None:
   parallel.check_config(config)
   for name in config.stages:
     STAGES[name].check_config(config)
+
+
+def check_order(names: Iterable[str]) -> None:
+  """A stage listed twice, or before a stage it depends on, is one line."""
+  names = tuple(names)
+  for i, name in enumerate(names):
+    validate.require(name not in names[:i], f"config.stages lists {name!r} twice")
+    for upstream in STAGES[name].depends_on:
+      validate.require(upstream not in names[i:], f"config.stages lists {name!r} before "
+                       f"{upstream!r}, whose files it reads: {names}")
+
+
+def needs(config, num_train: int) -> Dict[str, Tuple[int, ...]]:
+  """What the configured stages declare they start from and read: the dense
+  run's steps to save and the IMP rounds to keep (Stage.rewind_steps/imp_rounds)."""
+  steps, rounds = set(), set()
+  for name in config.stages:
+    steps.update(int(k) for k in STAGES[name].rewind_steps(config, num_train))
+    rounds.update(int(k) for k in STAGES[name].imp_rounds(config))
+  return {"rewind_steps": tuple(sorted(k for k in steps if k > 0)),
+          "imp_rounds": tuple(sorted(rounds))}
+
+
+def with_needs(config, num_train: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with config.needs (see `needs`), which stages that read
+  it are handed and keyed on instead of the config of the stages downstream."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.needs = ml_collections.ConfigDict(needs(config, num_train))
+  return out
 
 
 def _has(config, field: str) -> bool:
@@ -180,6 +224,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   logs.write_text(os.path.join(workdir, "config.json"),
                   config.to_json_best_effort(indent=2, sort_keys=True))
   s = runtime.setup(config)
+  s = dataclasses.replace(s, config=with_needs(config, int(s.x_train.shape[0])))
   log = logs.MetricsLog(workdir)
   summary = {"dataset": s.dataset.name, "model": config.model.name,
              "num_train": int(s.x_train.shape[0]), "num_test": int(s.x_test.shape[0]),
@@ -197,7 +242,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   return summary
 
 
-def _what(stage: runtime.Stage) -> str:
+def _what(stage: base.Stage) -> str:
   """The first line of the stage module's docstring: what the stage does."""
   doc = sys.modules[stage.run.__module__].__doc__ or stage.name
   return doc.strip().splitlines()[0]

@@ -40,7 +40,8 @@ def pooled_barriers(per_seed: Dict[Any, Record]) -> List[Record]:
   rows = [(seed, r) for seed, res in per_seed.items() for r in res.get("barriers", [])
           if "error_barriers" in r]
   out = []
-  for (model, where), seeds in sorted(_by_seed(rows, lambda r: (r["model"], r["measured_on"])).items()):
+  for (model, where), seeds in sorted(
+      _by_seed(rows, lambda r: (r["model"], r["measured_on"])).items()):
     first = next(iter(seeds.values()))[0]
     pairs = {seed: rs[0]["error_barriers"] for seed, rs in seeds.items()}
     seed_acc = [float(np.mean(rs[0]["test_accuracy"])) for rs in seeds.values()]
@@ -58,7 +59,8 @@ def pooled_instability(per_seed: Dict[Any, Record]) -> List[Record]:
   out = []
   for (model, epoch), seeds in sorted(_by_seed(rows, lambda r: (r["model"], r["epoch"])).items()):
     pairs = {seed: rs[0]["error_barriers"] for seed, rs in seeds.items()}
-    out.append({"model": model, "epoch": epoch, "pairs_by_seed": {str(k): v for k, v in pairs.items()},
+    out.append({"model": model, "epoch": epoch,
+                "pairs_by_seed": {str(k): v for k, v in pairs.items()},
                 "error_barrier_ci": stats.barrier_ci(pairs)})
   return out
 
@@ -82,8 +84,8 @@ def _sparsity_table(barriers: List[Record]) -> str:
   rows = [[f"{100 * sp:.1f}%", where] + [stats.format_ci(cell[s, sp, where]["error_barrier_ci"])
                                          if (s, sp, where) in cell else "" for s in sources]
           for where in wheres for sp in sparsities]
-  return logs.markdown_table(["sparsity", "split/BN"] + [f"{s} barrier % [95% CI]" for s in sources],
-                               rows)
+  return logs.markdown_table(
+      ["sparsity", "split/BN"] + [f"{s} barrier % [95% CI]" for s in sources], rows)
 
 
 def _accuracy_table(barriers: List[Record]) -> str:
@@ -110,7 +112,8 @@ def study(root: str, jobs: Sequence[Record]) -> Dict[str, Any]:
   lines = [f"# Study pooled over {len(per_seed)} init seeds ({', '.join(out['seeds'])})",
            "Every interval: hierarchical bootstrap, seeds resampled, then the pairs of SGD-noise "
            "copies within each seed (pairs sharing a copy are not independent; the seeds carry "
-           "the interval).", "## Error barrier vs sparsity per mask source", _sparsity_table(barriers)]
+           "the interval).", "## Error barrier vs sparsity per mask source",
+           _sparsity_table(barriers)]
   out["figures"] = {"barrier_vs_sparsity": plots.plot_ci_lines(
       os.path.join(root, "pooled_barrier_vs_sparsity"), _sparsity_series(barriers), "sparsity (%)",
       "error barrier (%), 95% CI", f"pooled over {len(per_seed)} seeds")}
@@ -119,11 +122,13 @@ def study(root: str, jobs: Sequence[Record]) -> Dict[str, Any]:
             report.comparison_text(comparisons) or "No two sources share a sparsity.",
             "## Test accuracy of the copies", _accuracy_table(barriers)]
   if instability:
-    series = {m: [{"x": r["epoch"], **{k: r["error_barrier_ci"][k] for k in ("estimate", "low", "high")}}
+    series = {m: [{"x": r["epoch"],
+                   **{k: r["error_barrier_ci"][k] for k in ("estimate", "low", "high")}}
                   for r in instability if r["model"] == m]
               for m in dict.fromkeys(r["model"] for r in instability)}
     out["figures"]["instability"] = plots.plot_ci_lines(
-        os.path.join(root, "pooled_instability"), series, "rewind epoch", "error barrier (%), 95% CI",
+        os.path.join(root, "pooled_instability"), series, "rewind epoch",
+        "error barrier (%), 95% CI",
         f"instability vs rewind point, {len(per_seed)} seeds")
     lines += ["## Instability vs rewind point", report.instability_table(instability),
               "![instability](pooled_instability.png)"]

@@ -31,7 +31,8 @@ def random_scores(key: jax.Array, params: PyTree) -> PyTree:
   """Uniform scores, one independent draw per leaf: pruning by them is random pruning."""
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([jax.random.uniform(k, jnp.shape(l)) for k, l in zip(keys, leaves)])
+  return treedef.unflatten([jax.random.uniform(k, jnp.shape(leaf))
+                            for k, leaf in zip(keys, leaves)])
 
 
 def num_to_prune(kept: int, fraction: float) -> int:
@@ -40,15 +41,16 @@ def num_to_prune(kept: int, fraction: float) -> int:
 
 
 def _prunable_leaves(tree: PyTree, prunable: PyTree) -> List[np.ndarray]:
-  return [np.asarray(l) for l, p in zip(jax.tree.leaves(tree), jax.tree.leaves(prunable)) if p]
+  return [np.asarray(leaf)
+          for leaf, p in zip(jax.tree.leaves(tree), jax.tree.leaves(prunable)) if p]
 
 
 def _rebuild(mask: PyTree, prunable: PyTree, new_leaves: List[np.ndarray]) -> PyTree:
   """`mask` with its prunable leaves replaced, in order, by `new_leaves`."""
   leaves, treedef = jax.tree.flatten(mask)
   replacements = iter(new_leaves)
-  out = [jnp.asarray(next(replacements), jnp.asarray(l).dtype) if p else l
-         for l, p in zip(leaves, jax.tree.leaves(prunable))]
+  out = [jnp.asarray(next(replacements), jnp.asarray(leaf).dtype) if p else leaf
+         for leaf, p in zip(leaves, jax.tree.leaves(prunable))]
   return treedef.unflatten(out)
 
 

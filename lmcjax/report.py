@@ -9,9 +9,11 @@ from typing import Any, Callable, Dict, List
 
 from lmcjax import imp
 from lmcjax import logs
+from lmcjax import modelid
 from lmcjax import runtime
 from lmcjax import stats
 from lmcjax import workdir as layout
+from lmcjax.stages import base
 
 
 
@@ -56,7 +58,8 @@ def data_cost_text(imp_summary: Dict[str, Any]) -> str:
                                              for r in records])
   ratio = imp_summary.get("data_cost", {}).get("real_over_distilled")
   if isinstance(ratio, dict):
-    ratio_text = "; ".join(f"{k}: {v:.1f}x" for k, v in ratio.items() if isinstance(v, (int, float)))
+    ratio_text = "; ".join(f"{k}: {v:.1f}x" for k, v in ratio.items()
+                           if isinstance(v, (int, float)))
     table += f"\n\nReal IMP over distilled IMP (finding the masks): {ratio_text}."
   return table
 
@@ -69,7 +72,7 @@ def analysis_records(analysis: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]
   """
   barriers, hessian = [], []
   for name, m in sorted(analysis.get("models", {}).items()):
-    source = name.rsplit("_r", 1)[0]
+    source = modelid.ModelId.parse(name).source
     for where, b in sorted(m.get("barriers", {}).items()):
       extra = m.get("barrier_stats", {}).get(where, {})
       barriers.append({"model": name, "source": source, "sparsity": m.get("sparsity"),
@@ -329,5 +332,5 @@ def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str,
 
 
 # Reads only the files the other stages wrote; cheap, so it always runs.
-STAGE = runtime.Stage("report", run_stage, check_config, reads=(),
+STAGE = base.Stage("report", run_stage, check_config, reads=(),
                       depends_on=("train", "distill", "imp", "analysis"), always_run=True)

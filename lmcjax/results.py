@@ -32,6 +32,7 @@ import ml_collections
 from lmcjax import checkpoints
 from lmcjax import dense
 from lmcjax import logs
+from lmcjax import modelid
 from lmcjax import runtime
 from lmcjax import synthetic
 from lmcjax import validate
@@ -42,7 +43,6 @@ KINDS = ("dense", "rewind", "imp", "imp_distilled", "branch", "instability")
 _ROUND = re.compile(r"^round_(\d+)$")
 _STEP = re.compile(r"^step_(\d+)$")
 _COPY = re.compile(r"^copy_(\d+)$")
-_ANALYSED = re.compile(r"^(.+)_r(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def _subdirs(folder: str, pattern: re.Pattern) -> List[Tuple[int, str]]:
   """(number, path) of the sub-folders of `folder` named like `pattern`, in order."""
   names = os.listdir(folder) if os.path.isdir(folder) else []
-  found = [(int(m.group(1)), os.path.join(folder, n)) for n in names for m in [pattern.match(n)] if m]
+  found = [(int(m.group(1)), os.path.join(folder, n))
+           for n in names for m in [pattern.match(n)] if m]
   return sorted(found)
 
 
@@ -80,10 +81,10 @@ def _copies(parent: str, prefix: str, kind: str, mask: Optional[str]) -> List[Ne
           for _, path in _subdirs(os.path.dirname(layout.branch_copy(parent, 0)), _COPY)]
 
 
-def _analysed_mask(workdir: str, model: str) -> Optional[str]:
-  """The mask of an analysed model: none for 'dense', IMP's for 'SOURCE_rKK'."""
-  match = _ANALYSED.match(model)
-  return layout.mask(workdir, match.group(1), int(match.group(2))) if match else None
+def _analysed_mask(workdir: str, name: str) -> Optional[str]:
+  """The mask of an analysed model: none for the dense net, IMP's for a source's round."""
+  model = modelid.ModelId.parse(name)
+  return None if model.round is None else layout.mask(workdir, model.source, model.round)
 
 
 def _dense_networks(workdir: str, config) -> List[Network]:

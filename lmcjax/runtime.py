@@ -60,7 +60,8 @@ def setup(config) -> Setup:
   return Setup(config, dataset, model,
                to_device(dataset.x_train), jnp.asarray(dataset.y_train),
                to_device(dataset.x_test), jnp.asarray(dataset.y_test),
-               params, batch_stats, masks.prunable_tree(params, config.prune.scope))
+               params, batch_stats,
+               masks.prunable_tree(params, config.prune.scope, models.info(model).classifier))
 
 
 @functools.lru_cache(maxsize=8)
@@ -118,34 +119,10 @@ def train_run(s: Setup, spec, params, batch_stats, mask: Optional[PyTree], *,
 
 
 def software_versions() -> Dict[str, str]:
-  import flax, optax, orbax.checkpoint  # pylint: disable=g-import-not-at-top,multiple-imports
+  # Imported here: only a run's summary needs these versions.
+  import flax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint  # pylint: disable=g-import-not-at-top
   return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
           "optax": optax.__version__, "orbax": orbax.checkpoint.__version__,
           "numpy": np.__version__, "backend": jax.default_backend()}
-
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """One pipeline stage, declared by its own module as STAGE and listed once in
-  pipeline.STAGES.
-
-  reads: the config fields the stage is handed (sections like 'train' or
-  dotted fields like 'analysis.rounds'). run() sees a config holding only
-  these (plus RUN_CONTROL_FIELDS), so a field read but not declared fails
-  loudly, and the cache key is exactly what the stage was handed.
-  depends_on: earlier stages whose files it reads; their keys join its own.
-  output_dirs(workdir): what it writes, moved aside when its inputs change.
-  report_only: fields in `reads` that change this stage's report but not the
-  files later stages read, so later stages do not see them.
-  always_run: run even when finished with the same inputs (cheap readers).
-  """
-  name: str
-  run: Callable[..., Dict[str, Any]]
-  check_config: Callable[[Any], None]
-  reads: Tuple[str, ...]
-  depends_on: Tuple[str, ...] = ()
-  output_dirs: Callable[[str], Tuple[str, ...]] = lambda workdir: ()
-  report_only: Tuple[str, ...] = ()
-  always_run: bool = False

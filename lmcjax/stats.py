@@ -33,7 +33,8 @@ def _sample(name: str, values: Any) -> np.ndarray:
   except (TypeError, ValueError):
     array = np.asarray([np.nan])
   ok = array.ndim == 1 and array.size > 0 and bool(np.all(np.isfinite(array)))
-  validate.require(ok, f"{name} must be a non-empty 1-D sequence of finite numbers, got {values!r:.80}")
+  validate.require(ok, f"{name} must be a non-empty 1-D sequence of finite numbers, "
+                       f"got {values!r:.80}")
   return array
 
 
@@ -71,18 +72,21 @@ def binomial_ci(successes: int, n: int, level: float = 0.95) -> dict:
   center = (p + z * z / (2 * n)) / shrink
   half = z / shrink * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
   return {"estimate": p, "low": max(0.0, center - half), "high": min(1.0, center + half),
-          "n": int(n), "level": float(level), "method": "Wilson score interval over n test examples"}
+          "n": int(n), "level": float(level),
+          "method": "Wilson score interval over n test examples"}
 
 
 def accuracy_ci(accuracy: float, n: int, level: float = 0.95) -> dict:
   """binomial_ci from a fraction correct (successes = round(accuracy * n))."""
   is_number = isinstance(accuracy, (int, float, np.number)) and np.isfinite(accuracy)
-  validate.require(is_number and 0 <= accuracy <= 1, f"accuracy must be in [0, 1], got {accuracy!r}")
+  validate.require(is_number and 0 <= accuracy <= 1,
+                   f"accuracy must be in [0, 1], got {accuracy!r}")
   validate.require(_is_int(n) and n > 0, f"n must be a positive integer, got {n!r}")
   return binomial_ci(int(round(accuracy * n)), n, level)
 
 
-def mean_accuracy_ci(accuracies: Sequence[float], n: int, level: float = 0.95, seed: int = 0) -> dict:
+def mean_accuracy_ci(accuracies: Sequence[float], n: int, level: float = 0.95,
+                     seed: int = 0) -> dict:
   """Mean accuracy of several nets trained alike, each tested on the same n examples.
 
   A t-interval over nets (with 2-5 nets a percentile bootstrap is far too
@@ -93,20 +97,24 @@ def mean_accuracy_ci(accuracies: Sequence[float], n: int, level: float = 0.95, s
   """
   del seed
   values = _sample("accuracies", accuracies)
-  validate.require(bool(np.all((values >= 0) & (values <= 1))), f"accuracies must be in [0, 1], got {accuracies!r:.80}")
+  validate.require(bool(np.all((values >= 0) & (values <= 1))),
+                   f"accuracies must be in [0, 1], got {accuracies!r:.80}")
   wilson = accuracy_ci(float(values.mean()), n, level)
   if len(values) == 1:
-    return {**wilson, "count": 1, "method": "Wilson score interval over n test examples (one net: no spread over nets)"}
+    return {**wilson, "count": 1,
+            "method": "Wilson score interval over n test examples (one net: no spread over nets)"}
   mean = float(values.mean())
-  half = _student_t_quantile(level, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+  half = (_student_t_quantile(level, len(values) - 1) * values.std(ddof=1)
+          / math.sqrt(len(values)))
   return {"estimate": mean, "low": float(max(0.0, min(mean - half, wilson["low"]))),
-          "high": float(min(1.0, max(mean + half, wilson["high"]))), "count": len(values), "n": int(n),
-          "level": float(level), "method": f"t-interval over {len(values)} nets (same {n} test examples), "
-                                           "never narrower than the Wilson interval of the mean"}
+          "high": float(min(1.0, max(mean + half, wilson["high"]))), "count": len(values),
+          "n": int(n), "level": float(level),
+          "method": f"t-interval over {len(values)} nets (same {n} test examples), "
+                    "never narrower than the Wilson interval of the mean"}
 
 
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, num_resamples: int = 2000, seed: int = 0,
-                 statistic: Callable[..., Any] = np.mean) -> dict:
+def bootstrap_ci(values: Sequence[float], level: float = 0.95, num_resamples: int = 2000,
+                 seed: int = 0, statistic: Callable[..., Any] = np.mean) -> dict:
   """Percentile bootstrap over a 1-D sample of independent values.
 
   `statistic` must accept `axis=` (np.mean, np.median): all resamples are
@@ -133,32 +141,35 @@ def _groups(name: str, by_seed: Mapping[Any, Sequence[float]]) -> dict:
   return {key: _sample(f"{name}[{key!r}]", by_seed[key]) for key in sorted(by_seed, key=str)}
 
 
-def _hierarchical_draws(groups: list, seed_choice: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _hierarchical_draws(groups: list, seed_choice: np.ndarray,
+                        rng: np.random.Generator) -> np.ndarray:
   """Per resample and slot, the mean of the chosen seed's values resampled with replacement.
 
   seed_choice is (num_resamples, slots) indices into groups; it is an argument
   so that two sources compared by seed can share the same seed draw.
   """
   num_resamples, slots = seed_choice.shape
-  means = np.stack([g[rng.integers(0, len(g), (num_resamples, slots, len(g)))].mean(axis=-1) for g in groups])
+  means = np.stack([g[rng.integers(0, len(g), (num_resamples, slots, len(g)))].mean(axis=-1)
+                    for g in groups])
   return means[seed_choice, np.arange(num_resamples)[:, None], np.arange(slots)[None, :]]
 
 
 def _dependence(groups: list) -> dict:
   """The caveat that goes with an interval built from pairs of copies."""
   if len(groups) >= 2:
-    return {"note": "pairs within a seed share copies and are not independent; the interval rests on the "
-                    "spread between seeds, which are"}
+    return {"note": "pairs within a seed share copies and are not independent; the interval "
+                    "rests on the spread between seeds, which are"}
   pairs = len(groups[0])
   if pairs == 1:
     return {"warning": "one pair from one seed: no interval can be drawn"}
   copies = (1 + math.sqrt(1 + 8 * pairs)) / 2
   count = f"{int(copies)} copies give {pairs} pairs" if copies == int(copies) else f"{pairs} pairs"
-  return {"warning": f"pairs that share a copy are not independent ({count}); the interval over pairs is too narrow"}
+  return {"warning": f"pairs that share a copy are not independent ({count}); "
+                     "the interval over pairs is too narrow"}
 
 
-def barrier_ci(barriers_by_seed: Mapping[Any, Sequence[float]], level: float = 0.95, num_resamples: int = 2000,
-               seed: int = 0) -> dict:
+def barrier_ci(barriers_by_seed: Mapping[Any, Sequence[float]], level: float = 0.95,
+               num_resamples: int = 2000, seed: int = 0) -> dict:
   """Mean error barrier over init seeds, each holding the barriers of its pairs of copies.
 
   Hierarchical because the N(N-1)/2 pairs of one seed share copies and an
@@ -172,20 +183,24 @@ def barrier_ci(barriers_by_seed: Mapping[Any, Sequence[float]], level: float = 0
   arrays = [values for _, values in groups]
   estimate = float(np.mean([values.mean() for values in arrays]))
   result = {"estimate": estimate, "num_seeds": len(arrays), "num_pairs": sum(map(len, arrays)),
-            "pairs_per_seed": {str(key): len(values) for key, values in groups}, "level": float(level),
-            **_dependence(arrays)}
+            "pairs_per_seed": {str(key): len(values) for key, values in groups},
+            "level": float(level), **_dependence(arrays)}
   if result["num_pairs"] == 1:
-    return {**result, "low": estimate, "high": estimate, "method": "one seed and one pair: no interval"}
+    return {**result, "low": estimate, "high": estimate,
+            "method": "one seed and one pair: no interval"}
   rng = np.random.default_rng(seed)
   choice = rng.integers(0, len(arrays), (num_resamples, len(arrays)))
   low, high = _percentiles(_hierarchical_draws(arrays, choice, rng).mean(axis=1), level)
-  method = (f"hierarchical bootstrap over {len(arrays)} seeds and the pairs within each" if len(arrays) >= 2
-            else f"bootstrap over {len(arrays[0])} pairs within one seed")
+  method = (f"hierarchical bootstrap over {len(arrays)} seeds and the pairs within each"
+            if len(arrays) >= 2 else f"bootstrap over {len(arrays[0])} pairs within one seed")
   return {**result, "low": low, "high": high, "method": f"{method} ({num_resamples} resamples)"}
 
 
 def _decimals(values: Sequence[float], digits: int) -> int:
-  """Decimals that give the interval's width `digits` significant digits: the precision the data support."""
+  """Decimals that give the interval's width `digits` significant digits.
+
+  That is the precision the data support.
+  """
   reference = (max(values) - min(values)) or max(map(abs, values)) or 1.0
   return min(6, max(0, digits - 1 - math.floor(math.log10(reference))))
 
@@ -220,8 +235,9 @@ def _possessive(name: str) -> str:
   return name + ("'" if name.endswith("s") else "'s")
 
 
-def paired_difference(a_by_seed: Mapping[Any, Sequence[float]], b_by_seed: Mapping[Any, Sequence[float]],
-                      name_a: str, name_b: str, quantity: str = "error barrier", level: float = 0.95,
+def paired_difference(a_by_seed: Mapping[Any, Sequence[float]],
+                      b_by_seed: Mapping[Any, Sequence[float]], name_a: str, name_b: str,
+                      quantity: str = "error barrier", level: float = 0.95,
                       num_resamples: int = 2000, seed: int = 0) -> dict:
   """Difference of means (a - b) between two sources, paired by init seed.
 
@@ -237,19 +253,24 @@ def paired_difference(a_by_seed: Mapping[Any, Sequence[float]], b_by_seed: Mappi
   validate.positive("num_resamples", num_resamples)
   groups_a, groups_b = [a[k] for k in shared], [b[k] for k in shared]
   difference = float(np.mean([ga.mean() - gb.mean() for ga, gb in zip(groups_a, groups_b)]))
-  result = {"a": name_a, "b": name_b, "quantity": quantity, "difference": difference, "num_seeds": len(shared),
-            "level": float(level), **_dependence(groups_a if len(groups_a[0]) <= len(groups_b[0]) else groups_b)}
+  result = {"a": name_a, "b": name_b, "quantity": quantity, "difference": difference,
+            "num_seeds": len(shared), "level": float(level),
+            **_dependence(groups_a if len(groups_a[0]) <= len(groups_b[0]) else groups_b)}
   if len(shared) == 1 and min(len(groups_a[0]), len(groups_b[0])) == 1:
     return {**result, "low": difference, "high": difference, "separated": False,
             "method": "one seed with a single pair: no interval",
-            "sentence": f"The {quantity} of {name_a} and {name_b} cannot be compared from one pair in one seed."}
+            "sentence": f"The {quantity} of {name_a} and {name_b} cannot be compared "
+                        "from one pair in one seed."}
   rng = np.random.default_rng(seed)
   choice = rng.integers(0, len(shared), (num_resamples, len(shared)))
-  draws = (_hierarchical_draws(groups_a, choice, rng) - _hierarchical_draws(groups_b, choice, rng)).mean(axis=1)
+  draws = (_hierarchical_draws(groups_a, choice, rng)
+           - _hierarchical_draws(groups_b, choice, rng)).mean(axis=1)
   low, high = _percentiles(draws, level)
-  method = (f"bootstrap over {len(shared)} shared seeds and the pairs within each" if len(shared) >= 2
+  method = (f"bootstrap over {len(shared)} shared seeds and the pairs within each"
+            if len(shared) >= 2
             else "bootstrap over pairs within one seed, independently for each source")
-  result.update(low=low, high=high, separated=bool(low > 0 or high < 0), method=f"{method} ({num_resamples} resamples)")
+  result.update(low=low, high=high, separated=bool(low > 0 or high < 0),
+                method=f"{method} ({num_resamples} resamples)")
   return {**result, "sentence": _difference_sentence(result)}
 
 

@@ -98,7 +98,8 @@ def apply_overrides(config, overrides: Dict[str, Any]) -> ml_collections.ConfigD
     try:
       parent[path.rsplit(".", 1)[-1]] = value
     except TypeError as e:
-      raise validate.InputError(f"sweep value {value!r} for {path!r} has the wrong type: {e}") from e
+      raise validate.InputError(
+          f"sweep value {value!r} for {path!r} has the wrong type: {e}") from e
   return config
 
 

@@ -15,45 +15,11 @@ import numpy as np
 import optax
 
 from lmcjax import augment
+from lmcjax import execution as execution_lib
 from lmcjax import validate
 
 PyTree = Any
 OPTIMIZERS = ("sgd", "adam", "adamw")
-# How independent pieces of work run: K copies of a run, the alphas of an
-# interpolation path, landscape grid points, Hutchinson probes, Hessian
-# diagonal entries and the example chunks of one evaluation. 'vmapped' batches
-# them into one fused program (jit(vmap(...)) or lax.map/scan), which fills an
-# accelerator; 'sequential' drives one jitted call per piece from Python (or
-# unrolls the pieces under an outer jit). On XLA:CPU both batched forms lose
-# for convolutional nets: vmap over parameter copies turns each convolution
-# into a grouped convolution (3-4x slower for 4 evaluation copies, 1.3x for
-# 2 ConvNet-3 train-step copies), and XLA:CPU rewrites
-# convolutions to its fast NHWC/HWIO kernels only in a program's entry
-# computation, so the gradient convolutions of a differentiated loss inside a
-# lax.map/scan body fall back to a naive loop (23-41x slower for ConvNet-3,
-# as measured: README, Performance).
-# bench/bench_analysis.py and bench/bench_eval.py measure both.
-EXECUTIONS = ("auto", "vmapped", "sequential")
-
-
-def resolve_execution(choice: str, params: PyTree = None) -> str:
-  """'auto' -> 'sequential' for a convolutional net (a 4-D kernel in params) on
-  CPU, else 'vmapped'; an explicit choice is kept. A dense net on CPU gains
-  from vmap (x2 for 2-4 LeNet copies, bench/bench_analysis.py). params may be
-  tracers (the choice is made at trace time from their shapes)."""
-  validate.choice("execution", choice, EXECUTIONS)
-  if choice != "auto":
-    return choice
-  return "sequential" if convolutional_on_cpu(params) else "vmapped"
-
-
-def convolutional_on_cpu(params: PyTree) -> bool:
-  """Whether params hold a 4-D (convolution) kernel and JAX runs on XLA:CPU:
-  where batched and looped programs lose (see EXECUTIONS)."""
-  convolutional = any(jnp.ndim(p) == 4 for p in jax.tree.leaves(params))
-  return jax.default_backend() == "cpu" and convolutional
-
-
 SCHEDULES = ("constant", "multistep", "cosine")
 
 
@@ -75,15 +41,13 @@ def check_spec(spec, name: str = "train") -> None:
   validate.choice(f"{name}.schedule", spec.schedule, SCHEDULES)
   validate.non_negative(f"{name}.weight_decay", spec.weight_decay)
   validate.non_negative(f"{name}.warmup_epochs", spec.warmup_epochs)
-  validate.require(0.0 <= spec.momentum < 1.0, f"{name}.momentum must be in [0, 1), got {spec.momentum!r}")
+  validate.require(0.0 <= spec.momentum < 1.0,
+                   f"{name}.momentum must be in [0, 1), got {spec.momentum!r}")
   validate.require(all(0.0 < m < 1.0 for m in spec.milestones),
-                   f"{name}.milestones must be fractions of training in (0, 1), got {tuple(spec.milestones)}")
+                   f"{name}.milestones must be fractions of training in (0, 1), "
+                   f"got {tuple(spec.milestones)}")
   validate.positive(f"{name}.gamma", spec.gamma)
   augment.check_config(spec.augment)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> float:
-  return num_examples / batch_size
 
 
 def total_steps(spec, num_examples: int) -> int:
@@ -214,7 +178,7 @@ def sum_over_chunks(chunk_fn: Callable, args: PyTree, blocks: Tuple[jnp.ndarray,
   blocks: example_chunks' output. 'vmapped' scans the chunks with lax.map (one
   loop in the program); 'sequential' loops over them in Python, so under an
   outer jit the chunks are unrolled into the entry computation, where XLA:CPU
-  runs differentiated convolutions fast (see EXECUTIONS). A single chunk
+  runs differentiated convolutions fast (see execution_lib.EXECUTIONS). A single chunk
   skips the loop either way. Both sum the stacked per-chunk values in order.
   """
   num = blocks[0].shape[0]
@@ -239,7 +203,7 @@ def make_eval_fn(model, batch_size: int = 1000, execution: str = "vmapped") -> C
   differentiated should pass 'auto' (hessian.make_loss): on CPU it unrolls a
   ConvNet's chunks, whose gradient convolutions are slow inside a loop.
   """
-  validate.choice("execution", execution, EXECUTIONS)
+  validate.choice("execution", execution, execution_lib.EXECUTIONS)
 
   @jax.jit
   def chunk_sums(variables, block):
@@ -253,7 +217,7 @@ def make_eval_fn(model, batch_size: int = 1000, execution: str = "vmapped") -> C
     n = images.shape[0]
     blocks = example_chunks((images, labels), batch_size)
     loss_sum, correct = sum_over_chunks(chunk_sums, (params, batch_stats), blocks,
-                                        resolve_execution(execution, params))
+                                        execution_lib.resolve(execution, params))
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
   return evaluate
@@ -292,7 +256,8 @@ class BatchOrder:
 
 
 def scan_steps(step_fn: Callable, state: TrainState, mask, images, labels,
-               indices: jnp.ndarray, unroll: bool = False) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+               indices: jnp.ndarray,
+               unroll: bool = False) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """Runs step_fn over the rows of `indices` (T, B) with lax.scan: one program.
 
   Use it under jit, and vmap it over states/indices to train copies at once

@@ -9,7 +9,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from lmcjax.configs import smoke  # pylint: disable=g-import-not-at-top
+# The test run is a program like launch/main.py: it applies lmcjax's CPU
+# settings before JAX starts (importing lmcjax applies nothing).
+from lmcjax import cpu_runtime  # pylint: disable=g-import-not-at-top
+cpu_runtime.configure()
+from lmcjax.configs import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def digits_config(stages, hidden=(16,)):
+  """sklearn digits (1.4k 8x8 images), a small MLP trained 1 epoch, nothing
+  logged, the default analysis section: the base of the stage tests' configs."""
+  from lmcjax.configs import default  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs.parts import analysis as analysis_part  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
+  from lmcjax.configs.parts import train as train_part  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.stages = tuple(stages)
+  c.data.name = "digits"
+  c.model = model_part.get("mlp", hidden=hidden)
+  c.train = train_part.train_spec(epochs=1)
+  c.log_every_steps = 0
+  c.analysis = analysis_part.get_section()
+  return c
 
 
 @pytest.fixture

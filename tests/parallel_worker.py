@@ -92,7 +92,7 @@ def save(path: str, state, losses, test) -> None:
   np.savez(path, losses=np.asarray(losses), test_loss=test["loss"],
            test_accuracy=test["accuracy"], device_count=jax.device_count(),
            step=int(state.step), param_devices=param_devices,
-           **{f"leaf{i}": np.asarray(l) for i, l in enumerate(leaves)})
+           **{f"leaf{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
 
 
 def main():

@@ -6,12 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
+
 from lmcjax import analysis
+from lmcjax import branches
 from lmcjax import checkpoints
-from lmcjax.configs import default
-from lmcjax.configs.parts import analysis as analysis_part
 from lmcjax.configs.parts import model as model_part
 from lmcjax.configs.parts import train as train_part
+from lmcjax import dense
 from lmcjax import interpolate
 from lmcjax import logs
 from lmcjax import masks
@@ -26,13 +28,7 @@ from lmcjax import workdir as layout
 
 def _config():
   """sklearn digits, a 16-unit MLP, 1-epoch branches, small grids and probe counts."""
-  c = default.get_config()
-  c.stages = ("analysis",)
-  c.data.name = "digits"
-  c.model = model_part.get("mlp", hidden=(16,))
-  c.train = train_part.train_spec(epochs=1)
-  c.log_every_steps = 0
-  c.analysis = analysis_part.get_section()
+  c = conftest.digits_config(("analysis",))
   a = c.analysis
   a.num_branches, a.branch_chunk = 3, 2
   a.num_alphas, a.alpha_chunk = 5, 4
@@ -81,7 +77,8 @@ def test_stage_writes_barriers_landscapes_hessian_and_plots(tmp_path):
   assert [(p["i"], p["j"]) for p in paths["pairs"]] == [(0, 1), (0, 2), (1, 2)]
   assert len(paths["pairs"][0]["alphas"]) == 5
   grid = np.load(os.path.join(out, "real_r01", "landscape_three_point.npz"))
-  assert grid["loss"].shape == (5, 5) and list(grid["point_names"]) == ["theta0", "theta1", "theta2"]
+  assert grid["loss"].shape == (5, 5)
+  assert list(grid["point_names"]) == ["theta0", "theta1", "theta2"]
   for name in ("interpolation", "barrier_vs_sparsity", "hessian_hist"):
     assert os.path.getsize(os.path.join(out, name + ".png")) > 0
     assert os.path.exists(os.path.join(out, name + ".json"))
@@ -125,7 +122,7 @@ def test_a_rerun_after_a_kill_reloads_the_saved_copies(tmp_path, monkeypatch):
 
   def retrain(*args, **kwargs):
     raise AssertionError("branches retrained")
-  monkeypatch.setattr(analysis.branches_lib, "train_branches", retrain)
+  monkeypatch.setattr(branches, "train_branches", retrain)
   second = pipeline.run(config, wd)["analysis"]
   assert second["resumed"]
   for name, model in first["models"].items():
@@ -173,6 +170,23 @@ def test_bad_config_is_a_clear_error_before_compute(path, value, match):
     return
   with pytest.raises(validate.InputError, match=match):
     pipeline.check_config(config)
+
+
+def test_the_train_stage_saves_and_imp_retrains_what_the_analysis_reads():
+  """The analysis declares its start points and mask rounds (Stage.rewind_steps,
+  imp_rounds): the pipeline hands them to the train and IMP stages."""
+  config = _config()
+  config.stages = ("train", "imp", "analysis")
+  config.train = train_part.train_spec(epochs=4)
+  a = config.analysis
+  a.start, a.start_epoch, a.rounds, a.targets = "epoch", 1.0, (1,), ("random:3",)
+  a.instability.update(enabled=True, rewind_epochs=(0.0, 2.0))
+  need = pipeline.needs(config, 1000)
+  steps = {dense.epoch_step(config, 1000, e) for e in (1.0, 2.0)}
+  assert steps <= set(need["rewind_steps"]) and 0 not in need["rewind_steps"]
+  assert need["imp_rounds"] == (1, 3)
+  a.start, a.instability.enabled = "init", False
+  assert set(pipeline.needs(config, 1000)["rewind_steps"]).isdisjoint(steps)
 
 
 def test_ggn_as_the_hessian_of_an_instance_norm_net_is_refused_before_compute():

@@ -117,7 +117,8 @@ def test_damaged_training_checkpoint_is_one_line(tmp_path, damage, caplog):
   with caplog.at_level(logging.WARNING), no_stray_exceptions():
     for _ in range(RESTORE_ATTEMPTS):
       with pytest.raises(validate.InputError,
-                         match=r"^training checkpoint at step 3 in .* is truncated or corrupt") as e:
+                         match=r"^training checkpoint at step 3 in .* "
+                               r"is truncated or corrupt") as e:
         checkpoints.StateCheckpointer(str(tmp_path / "c"), every_steps=1).restore_latest(state)
   assert "\n" not in str(e.value)
   assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -135,7 +136,8 @@ checkpoints.save_tree(path, {{"w": np.zeros(10, np.float32)}})
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
 try:
   # Random values: orbax compresses, and a constant array would fit.
-  checkpoints.save_tree(path, {{"w": np.random.default_rng(0).standard_normal(100000).astype(np.float32)}})
+  checkpoints.save_tree(
+      path, {{"w": np.random.default_rng(0).standard_normal(100000).astype(np.float32)}})
 except OSError as e:
   print("OSError", e.errno, e.filename)
 """

@@ -21,6 +21,38 @@ def test_xla_flags_keep_the_users_setting(flags, expected):
   assert cpu_runtime.xla_flags_with_defaults(flags) == expected
 
 
+# Imports every lmcjax module with ctypes.CDLL (the only way to mallopt) made to
+# fail, then prints whether os.environ changed.
+IMPORT_EVERYTHING = """
+import ctypes, os, pkgutil, importlib
+def no_libc(*args, **kwargs):
+  raise AssertionError("lmcjax loaded a C library on import")
+ctypes.CDLL = no_libc
+before = dict(os.environ)
+import lmcjax
+for module in pkgutil.walk_packages(lmcjax.__path__, "lmcjax."):
+  importlib.import_module(module.name)
+import lmcjax.configs.cifar10_small
+print("changed:", sorted(set(os.environ.items()) ^ set(before.items())))
+"""
+
+
+def test_import_lmcjax_changes_nothing_in_the_process():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True,
+                       cwd=REPO, env={**env, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "changed: []"
+
+
+@pytest.mark.parametrize("platforms,applies", [("cpu", True), ("cuda", False)])
+def test_configure_acts_only_where_jax_runs_on_the_cpu_alone(platforms, applies, monkeypatch):
+  monkeypatch.setattr(cpu_runtime, "keep_malloc_pages_mapped", lambda: True)
+  environ = {"JAX_PLATFORMS": platforms}
+  assert cpu_runtime.configure(environ) == applies
+  assert ("XLA_FLAGS" in environ) == applies
+
+
 def test_opt_out_leaves_the_environment_alone():
   environ = {cpu_runtime.OPT_OUT: "0", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}
   cpu_runtime.configure(environ)
@@ -47,7 +79,8 @@ def test_cpu_only_follows_jax_platforms():
 # all its pages. The median skips the first calls, while the heap grows.
 FAULTS_PER_CALL = """
 import resource
-import lmcjax
+from lmcjax import cpu_runtime
+cpu_runtime.configure()
 import jax, jax.numpy as jnp, numpy as np
 f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) * x[::-1]))
 x = jnp.ones((1024, 4096))

@@ -89,7 +89,8 @@ def test_npz_missing_file_and_arrays(tmp_path):
 def _damaged(path, how):
   """A copy of `path` cut short or with one byte flipped, as a failed copy leaves it."""
   raw = open(path, "rb").read()
-  raw = raw[:len(raw) // 2] if how == "truncated" else raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:]
+  raw = (raw[:len(raw) // 2] if how == "truncated"
+         else raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:])
   out = f"{path}.{how}.npz"
   open(out, "wb").write(raw)
   return out
@@ -145,7 +146,8 @@ def _data_cfg(**kw):
 
 def test_subsets_are_stratified_seeded_and_checked(tmp_path):
   cfg = ml_collections.ConfigDict(dict(name="npz", npz_path=_write_npz(tmp_path), data_dir="",
-                                       download=False, train_subset=8, test_subset=4, subset_seed=0))
+                                       download=False, train_subset=8, test_subset=4,
+                                       subset_seed=0))
   d = data.load(cfg)
   assert len(d.y_train) == 8 and np.bincount(d.y_train).tolist() == [2, 2, 2, 2]
   assert len(d.y_test) == 4 and np.bincount(d.y_test).tolist() == [1, 1, 1, 1]
@@ -153,7 +155,8 @@ def test_subsets_are_stratified_seeded_and_checked(tmp_path):
   cfg.subset_seed = 1
   assert not np.array_equal(data.load(cfg).x_train, d.x_train)
   cfg.train_subset = 21
-  with pytest.raises(validate.InputError, match=r"data.train_subset=21 is larger than the split \(20"):
+  with pytest.raises(validate.InputError,
+                     match=r"data.train_subset=21 is larger than the split \(20"):
     data.load(cfg)
 
 

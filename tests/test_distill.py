@@ -17,6 +17,7 @@ from lmcjax import data as data_lib
 from lmcjax.distill import core
 from lmcjax.distill import experts
 from lmcjax.distill import methods
+from lmcjax.distill import trajectory_matching
 from lmcjax.distill import stage
 from lmcjax import models
 from lmcjax import pipeline
@@ -43,7 +44,8 @@ def tiny_config(method, **method_overrides):
   d = c.distill
   d.method, d.ipc = method, 2
   d.model = model_part.get("mlp", hidden=(16,))
-  d.augment.kind = "none" if method == "mtt" else "dsa"  # MTT's finite-difference test wants a smooth loss
+  # MTT's finite-difference test wants a smooth loss.
+  d.augment.kind = "none" if method == "mtt" else "dsa"
   d.dc.update(dict(batch_real=8, inner_steps=2, batch_inner=6, net_reset_every=100, lr_images=0.05))
   d.idc.update(dict(batch_real=8, inner_steps=2, batch_inner=8, net_reset_every=100))
   d.dm.update(dict(batch_real=8, lr_images=0.5))
@@ -91,7 +93,8 @@ def test_mtt_gradient_matches_finite_differences():
     assert grad.dtype == jnp.float64 and bool(jnp.all(jnp.isfinite(grad)))
     direction = jax.random.normal(jax.random.PRNGKey(9), grad.shape, jnp.float64)
     eps = 1e-5
-    fd = (loss(learn["images"] + eps * direction) - loss(learn["images"] - eps * direction)) / (2 * eps)
+    fd = (loss(learn["images"] + eps * direction)
+          - loss(learn["images"] - eps * direction)) / (2 * eps)
     np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(fd), rtol=1e-5)
 
 
@@ -198,11 +201,13 @@ def test_expert_checkpoints_of_another_model_are_rejected(tmp_path):
   c = tiny_config("mtt")
   x, y = tiny_data()
   directory = str(tmp_path / "experts")
-  stage.build(c.distill, tiny_model(), x, y, C, expert_directory=directory)
+  c.distill.mtt.expert_dir = directory
+  stage.build(c.distill, tiny_model(), x, y, C)
   assert experts.saved_epochs(directory) == 3  # epochs 0..max_start + expert_epochs
   wider = models.MLP(C, (32,))
   with pytest.raises(validate.InputError, match="expert checkpoint"):
-    experts.check_experts(directory, stage.expert_template(c.distill.mtt, wider, (HW, HW, 1)))
+    experts.check_experts(directory, trajectory_matching.expert_template(c.distill.mtt, wider,
+                                                                           (HW, HW, 1)))
 
 
 def test_stage_end_to_end_on_digits(tmp_path):
@@ -220,23 +225,24 @@ def test_stage_end_to_end_on_digits(tmp_path):
   assert os.path.isfile(os.path.join(str(tmp_path), "distill", "grid.png"))
 
 
-def _eval(sets, vmapped):
+def _eval(sets, execution):
   x, y = tiny_data()
   spec = tiny_config("dm").distill.eval.spec
   spec.epochs, spec.augment.kind = 4, "none"
   return stage.evaluate.train_and_test_sets(tiny_model(), spec, sets, x, y, C,
-                                            jax.random.PRNGKey(0), vmapped=vmapped)
+                                            jax.random.PRNGKey(0), execution=execution)
 
 
 def test_per_seed_sets_train_each_net_on_its_own_set():
   x, y = tiny_data()
   first, second = (x[::6], y[::6]), (x[1::6], y[1::6])
-  own = _eval([first, second], vmapped=False)["accuracies"]
-  assert own[0] == _eval([first, first], vmapped=False)["accuracies"][0]
-  assert own[1] == _eval([second, second], vmapped=False)["accuracies"][1]
-  np.testing.assert_allclose(_eval([first, second], vmapped=True)["accuracies"], own, atol=1e-6)
+  own = _eval([first, second], execution="sequential")["accuracies"]
+  assert own[0] == _eval([first, first], execution="sequential")["accuracies"][0]
+  assert own[1] == _eval([second, second], execution="sequential")["accuracies"][1]
+  np.testing.assert_allclose(_eval([first, second], execution="vmapped")["accuracies"], own,
+                             atol=1e-6)
   with pytest.raises(validate.InputError, match="must hold 6 images"):
-    _eval([first, (x[:5], y[:5])], vmapped=False)
+    _eval([first, (x[:5], y[:5])], execution="sequential")
 
 
 def test_a_diverging_vmapped_evaluation_raises_naming_the_net():
@@ -245,7 +251,7 @@ def test_a_diverging_vmapped_evaluation_raises_naming_the_net():
   spec.epochs, spec.augment.kind, spec.lr = 4, "none", 1e8
   with pytest.raises(train.NonFiniteLossError, match=r"in stage 'distill eval net \d' at step"):
     stage.evaluate.train_and_test(tiny_model(), spec, x[::6], y[::6], x, y, C, 2,
-                                  jax.random.PRNGKey(0), vmapped=True)
+                                  jax.random.PRNGKey(0), execution="vmapped")
 
 
 @pytest.mark.parametrize("learned_lr, meta, expected", [

@@ -30,6 +30,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lmcjax import engine  # pylint: disable=g-import-not-at-top
+from lmcjax import execution as execution_lib
 from lmcjax import models  # pylint: disable=g-import-not-at-top
 from lmcjax import train  # pylint: disable=g-import-not-at-top
 from lmcjax.configs.parts import model as model_part  # pylint: disable=g-import-not-at-top
@@ -85,8 +86,10 @@ def single_runs_and_copies(model_name: str, executions, batch_size: int = 16):
 def test_copy_i_is_the_single_run_of_its_seed_path(model_name):
   singles, sequential, vmapped = single_runs_and_copies(model_name, ["sequential", "vmapped"])
   for single, seq, vm in zip(singles, sequential, vmapped):
-    chex.assert_trees_all_equal(seq, single)
-    chex.assert_trees_all_equal(vm, single)
+    chex.assert_trees_all_equal(seq, single)  # the same program: bit for bit
+    # The batched program rounds alike only where XLA:CPU compiles it alike: the
+    # ConvNet's copies here differ in the last bits without cpu_runtime's flag.
+    chex.assert_trees_all_close(vm, single, rtol=1e-5, atol=1e-6)
   # The copies differ: their seed paths give them different SGD noise.
   assert not np.allclose(singles[0].params["Dense_0"]["kernel"],
                          singles[1].params["Dense_0"]["kernel"])
@@ -100,9 +103,9 @@ def test_vmapped_copies_with_their_own_training_sets_are_their_single_runs(model
     first, second = make_copies(2)
     return [first, dataclasses.replace(second, images=-second.images)]
 
-  singles = engine.stack([engine.run(program, c, None, steps)[0] for c in own_sets()])
+  singles = execution_lib.stack([engine.run(program, c, None, steps)[0] for c in own_sets()])
   vmapped, _ = engine.run_copies(program, own_sets(), None, steps, execution="vmapped")
-  chex.assert_trees_all_equal(vmapped, singles)
+  chex.assert_trees_all_close(vmapped, singles, rtol=1e-5, atol=1e-6)  # another program
 
 
 def test_larger_vmapped_convnet_copies_agree_with_the_single_runs_to_rounding():
@@ -150,8 +153,11 @@ def test_copies_killed_after_a_checkpoint_resume_to_the_same_states(tmp_path, ex
   np.testing.assert_array_equal(resumed_losses, whole_losses)
   # Stopping at the checkpoint, the uninterrupted run still trains each copy
   # as its single run: the data order picks up at the step it stopped at.
-  singles = engine.stack([engine.run(program, c, None, steps)[0] for c in make_copies(2)])
-  chex.assert_trees_all_equal(whole, singles)
+  singles = execution_lib.stack([engine.run(program, c, None, steps)[0] for c in make_copies(2)])
+  if execution == "sequential":  # the single runs' own program
+    chex.assert_trees_all_equal(whole, singles)
+  else:  # the batched program: float rounding apart on some CPUs and flags
+    chex.assert_trees_all_close(whole, singles, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "convnet"])

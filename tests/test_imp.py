@@ -7,10 +7,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,6 +26,9 @@ from lmcjax import train
 from lmcjax import validate
 from lmcjax import workdir as layout
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
 
 def config(**imp_overrides):
   c = imp_smoke.get_config()
@@ -44,7 +44,8 @@ def setup():
 def write_distilled(path, s, per_class=10, image_shape=None, classes=None):
   """A stand-in distilled set: the first real training images of each class."""
   classes = s.dataset.num_classes if classes is None else classes
-  idx = np.concatenate([np.flatnonzero(np.asarray(s.y_train) == c)[:per_class] for c in range(classes)])
+  idx = np.concatenate([np.flatnonzero(np.asarray(s.y_train) == c)[:per_class]
+                        for c in range(classes)])
   images = np.asarray(s.x_train)[idx]
   if image_shape:
     images = np.zeros((len(idx),) + image_shape, np.float32)
@@ -67,7 +68,8 @@ def leaves_equal(a, b):
 def test_round_start_is_the_rewind_point_times_the_mask(setup):
   s = setup
   r = np.random.default_rng(0)
-  rewind = {"params": jax.tree.map(lambda p: jnp.asarray(r.normal(size=p.shape), p.dtype), s.init_params),
+  rewind = {"params": jax.tree.map(lambda p: jnp.asarray(r.normal(size=p.shape), p.dtype),
+                                   s.init_params),
             "batch_stats": {}}
   trained = {"params": jax.tree.map(lambda p: p + 1.0, rewind["params"]), "batch_stats": {}}
   mask = pruning.prune_global(pruning.random_scores(jax.random.PRNGKey(0), s.init_params),
@@ -160,11 +162,13 @@ def test_random_masks_copy_the_real_masks_layer_counts(all_sources):
 
 def test_sources_find_different_masks(all_sources):
   s, _, workdir, _, _ = all_sources
-  real, dist, comb = (imp.load_mask(s, workdir, src, 2) for src in ("real", "distilled", "combined"))
+  real, dist, comb = (imp.load_mask(s, workdir, src, 2)
+                      for src in ("real", "distilled", "combined"))
   assert not leaves_equal(real, dist)
   assert not leaves_equal(comb, dist) and not leaves_equal(comb, real)
   # Combined's first round is found on distilled data, like the distilled source's.
-  assert leaves_equal(imp.load_mask(s, workdir, "combined", 1), imp.load_mask(s, workdir, "distilled", 1))
+  assert leaves_equal(imp.load_mask(s, workdir, "combined", 1),
+                      imp.load_mask(s, workdir, "distilled", 1))
 
 
 def test_data_cost_counts_the_runs_that_found_each_mask(all_sources):
@@ -217,7 +221,8 @@ def test_global_random_pruning_without_a_real_source(setup, tmp_path):
     (dict(rounds=-1), "imp.rounds must be an integer >= 0"),
     (dict(rewind_epochs=3.0), "beyond the dense training"),
     (dict(sources=("real", "pruned")), "imp.sources entry"),
-    (dict(distilled_path="/nonexistent/set.npz", sources=("distilled",)), "distilled set not found"),
+    (dict(distilled_path="/nonexistent/set.npz", sources=("distilled",)),
+     "distilled set not found"),
 ])
 def test_bad_config_is_one_line_error_before_compute(overrides, message):
   with pytest.raises(validate.InputError, match=message) as e:
@@ -259,7 +264,8 @@ KILL_ARGS = ["--config", os.path.join(REPO, "configs", "imp_smoke.py"),
 
 
 def main_command(workdir):
-  return [sys.executable, os.path.join(REPO, "launch", "main.py"), *KILL_ARGS, "--workdir", str(workdir)]
+  return [sys.executable, os.path.join(REPO, "launch", "main.py"), *KILL_ARGS,
+          "--workdir", str(workdir)]
 
 
 def kill_when(proc, pattern, timeout=240):
@@ -282,9 +288,11 @@ def test_sigkill_mid_round_then_rerun_is_bit_identical(setup, tmp_path):
   for source, k in (("real", 1), ("random", 2)):
     proc = subprocess.Popen(main_command(killed), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=REPO)
-    kill_when(proc, os.path.join(layout.train_checkpoints(str(killed), source, k), "retrain", "[0-9]*"))
+    kill_when(proc, os.path.join(layout.train_checkpoints(str(killed), source, k), "retrain",
+                                 "[0-9]*"))
     assert not os.path.exists(os.path.join(layout.imp_dir(str(killed)), "imp.jsonl"))
-  resumed = subprocess.run(main_command(killed), capture_output=True, text=True, timeout=600, cwd=REPO)
+  resumed = subprocess.run(main_command(killed), capture_output=True, text=True, timeout=600,
+                           cwd=REPO)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   read = lambda d: open(os.path.join(layout.imp_dir(str(d)), "imp.jsonl")).read()
   assert read(killed) == read(tmp_path / "clean")

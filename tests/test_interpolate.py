@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lmcjax import execution as execution_lib
 from lmcjax import interpolate
 from lmcjax import masks
 from lmcjax import models
@@ -30,8 +31,9 @@ def _half_mask(params, seed=0):
   prunable = masks.prunable_tree(params)
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  out = [(jax.random.uniform(k, l.shape) < 0.5).astype(l.dtype) if p else jnp.ones_like(l)
-         for k, l, p in zip(keys, leaves, jax.tree.leaves(prunable))]
+  out = [(jax.random.uniform(k, leaf.shape) < 0.5).astype(leaf.dtype) if p
+         else jnp.ones_like(leaf)
+         for k, leaf, p in zip(keys, leaves, jax.tree.leaves(prunable))]
   return jax.tree.unflatten(tree, out)
 
 
@@ -64,6 +66,24 @@ def test_identical_models_have_zero_barriers():
   path = interpolate.evaluate_path(model, a, a, interpolate.default_alphas(31), x, y)
   for name in ("error_barrier", "loss_barrier", "loss_barrier_chord"):
     assert abs(path[name]) < 1e-6, (name, path[name])
+
+
+def test_barriers_of_a_hand_computed_curve():
+  # Extrapolated alphas at both ends (so the endpoints are found by value, not
+  # position) hold the largest values, which the maxima must skip.
+  alphas = [-0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+  loss = [9.0, 1.0, 2.625, 2.5, 3.375, 3.0, 9.0]
+  error = [0.9, 0.25, 0.5, 0.625, 0.375, 0.125, 1.0]
+  got = interpolate.barriers(np.float32(alphas), loss, error)
+  # error: max over [0, 1] is 0.625 (alpha 0.5); endpoint mean (0.25 + 0.125) / 2
+  # = 0.1875; barrier 0.4375.
+  # loss: max over [0, 1] is 3.375 (alpha 0.75); endpoint mean (1 + 3) / 2 = 2;
+  # barrier 1.375.
+  # chord 1 + 2 alpha = 1, 1.5, 2, 2.5, 3 at alpha 0 .. 1; loss minus chord
+  # = 0, 1.125, 0.5, 0.875, 0: the largest gap (alpha 0.25) is not at the
+  # largest loss (alpha 0.75, gap 0.875).
+  want = {"error_barrier": 0.4375, "loss_barrier": 1.375, "loss_barrier_chord": 1.125}
+  assert got == pytest.approx(want, abs=1e-12)  # and no key more or less
 
 
 def test_logistic_regression_loss_lies_below_the_chord():
@@ -140,7 +160,8 @@ def test_pairwise_covers_every_pair():
 def test_chunked_vmap_matches_a_loop_for_any_chunk():
   xs = jnp.arange(7.0)
   for chunk in (1, 3, 7, 10):
-    got = jax.jit(lambda v, c=chunk: interpolate.chunked_vmap(lambda t: t * t, v, c))(xs)
+    got = jax.jit(lambda v, c=chunk: execution_lib.chunked_vmap(lambda t: t * t, v, c))(xs)
+    # Exact in any program: one multiply of small integers rounds nothing.
     np.testing.assert_array_equal(np.asarray(got), np.asarray(xs * xs))
 
 
@@ -183,5 +204,5 @@ def test_sequential_and_vmapped_alphas_give_the_same_path():
            for e in ("vmapped", "sequential")}
   np.testing.assert_allclose(paths["sequential"]["loss"], paths["vmapped"]["loss"], rtol=1e-5)
   np.testing.assert_allclose(paths["sequential"]["error"], paths["vmapped"]["error"], atol=1e-7)
-  assert train.resolve_execution("auto", a["params"]) == (
+  assert execution_lib.resolve("auto", a["params"]) == (
       "sequential" if jax.default_backend() == "cpu" else "vmapped")

@@ -28,7 +28,8 @@ def test_three_point_plane_contains_the_three_points():
   for i, theta in enumerate(thetas):
     _assert_trees_close(landscape.point_params(plane, plane.points[f"theta{i}"]), theta)
   # The basis is orthonormal.
-  flat = [jnp.concatenate([l.ravel() for l in jax.tree.leaves(d)]) for d in plane.directions]
+  flat = [jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(d)])
+          for d in plane.directions]
   np.testing.assert_allclose(float(flat[0] @ flat[0]), 1.0, rtol=1e-5)
   np.testing.assert_allclose(float(flat[1] @ flat[1]), 1.0, rtol=1e-5)
   assert abs(float(flat[0] @ flat[1])) < 1e-5

@@ -17,7 +17,7 @@ def test_smoke_run_writes_metrics_and_summary(tmp_path):
   summary = json.load(open(os.path.join(tmp_path, "summary.json")))
   assert summary["train"]["test_accuracy"] > 0.5
   assert summary["train"]["examples_seen"] == summary["train"]["steps"] * 64
-  rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
+  rows = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert rows and all({"stage", "step"} <= set(r) for r in rows)
   assert any("examples_per_s" in r for r in rows)
   # The override reached the run: one epoch of 4000 examples at batch 64.

@@ -21,10 +21,11 @@ def _abstract_params(model, shape):
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape)))
 
 
-def _prunable_count(variables, scope="all_kernels"):
+def _prunable_count(variables, scope="all_kernels", classifier=""):
   params = variables["params"]
-  flags = jax.tree.leaves(masks.prunable_tree(params, scope))
-  return sum(int(np.prod(l.shape)) for l, f in zip(jax.tree.leaves(params), flags) if f)
+  flags = jax.tree.leaves(masks.prunable_tree(params, scope, classifier))
+  return sum(int(np.prod(leaf.shape))
+             for leaf, f in zip(jax.tree.leaves(params), flags) if f)
 
 
 @pytest.mark.parametrize("name,kw,count", [
@@ -37,9 +38,13 @@ def test_paper_prunable_counts_on_cifar_shapes(name, kw, count):
 
 
 def test_lenet300_counts_and_output_layer_scope():
-  v = _abstract_params(_model("lenet300"), (28, 28, 1))
+  model = _model("lenet300")
+  v = _abstract_params(model, (28, 28, 1))
   assert _prunable_count(v) == 784 * 300 + 300 * 100 + 100 * 10
-  assert _prunable_count(v, "hidden_kernels") == 784 * 300 + 300 * 100
+  assert models.info(model).classifier == "Dense_2"
+  assert _prunable_count(v, "hidden_kernels", "Dense_2") == 784 * 300 + 300 * 100
+  with pytest.raises(validate.InputError, match="classifier head"):
+    _prunable_count(v, "hidden_kernels", "head")
   assert _prunable_count(v, "conv_kernels") == 0
 
 
@@ -57,8 +62,8 @@ def test_lenet300_counts_and_output_layer_scope():
 ])
 def test_output_shapes(name, shape, kw):
   model = _model(name, **kw)
-  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape)),
-                                           jnp.zeros((3,) + shape)))
+  out = jax.eval_shape(lambda: model.apply(
+      model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape)), jnp.zeros((3,) + shape)))
   assert out.shape == (3, 10)
 
 
@@ -91,24 +96,28 @@ def test_bad_model_config(field, value, match):
 def test_switching_model_by_name_alone_is_refused_with_the_way_to_do_it():
   cfg = default.get_config().model  # lenet300: no fields of its own
   cfg.name = "convnet"
-  with pytest.raises(validate.InputError, match=r"lacks depth, norm, pooling, width.*default.py:convnet"):
+  with pytest.raises(validate.InputError,
+                     match=r"lacks depth, norm, pooling, width.*default.py:convnet"):
     models.check_config(cfg)
   assert default.get_config("convnet").model == model_part.get("convnet")
 
 
 def test_every_model_has_config_defaults_for_exactly_its_fields():
-  for name, fields in models.FIELDS.items():
+  for name in models.names():
     cfg = model_part.get(name)
-    assert set(cfg.keys()) - {"name"} == set(fields), name
+    assert set(cfg.keys()) - {"name"} == set(models.defaults(name)), name
     models.check_config(cfg)
 
 
 @pytest.mark.parametrize("cfg,expected", [
-    (dict(name="resnet20"), True), (dict(name="vgg16"), True), (dict(name="mlp", hidden=(4,)), False),
+    (dict(name="resnet20"), True), (dict(name="vgg16"), True),
+    (dict(name="mlp", hidden=(4,)), False),
     (dict(name="convnet", norm="batch"), True), (dict(name="convnet", norm="instance"), False)])
-def test_uses_batchnorm(cfg, expected):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  assert models.uses_batchnorm(ml_collections.ConfigDict(cfg)) == expected
+def test_keeps_running_stats(cfg, expected):
+  cfg = model_part.get(**cfg)
+  assert models.info_for_config(cfg).keeps_running_stats == expected
+  variables = _abstract_params(models.create(cfg, 10), (32, 32, 3))
+  assert ("batch_stats" in variables) == expected
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 6, 5), (2, 7, 3, 3)])
@@ -132,3 +141,13 @@ def test_instance_norm_keeps_the_group_norm_parameter_names():
   assert sorted(params) == ["Conv_0", "Conv_1", "Conv_2", "Dense_0",
                             "GroupNorm_0", "GroupNorm_1", "GroupNorm_2"]
   assert sorted(params["GroupNorm_0"]) == ["bias", "scale"]
+
+
+def test_instance_norm_names_count_per_parent_module():
+  """A block's norms are GroupNorm_0..2 inside the block, as flax's automatic
+  names were when instance norm was nn.GroupNorm."""
+  model = models.ResNet(10, (4, 8), (1, 1), norm="instance")
+  params = _abstract_params(model, (8, 8, 3))["params"]
+  assert "GroupNorm_0" in params and "GroupNorm_1" not in params
+  assert sorted(k for k in params["BasicBlock_1"] if k.startswith("GroupNorm")) == [
+      "GroupNorm_0", "GroupNorm_1", "GroupNorm_2"]

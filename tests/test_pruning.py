@@ -100,7 +100,8 @@ def test_ties_go_to_the_lowest_flat_index_first():
 def test_masks_keep_non_prunable_leaves_and_dtype():
   params = net(((6, 5), (5, 3)))
   prunable = masks.prunable_tree(params)
-  mask = pruning.prune_layerwise(pruning.magnitude_scores(params), masks.ones_like(params), prunable)
+  mask = pruning.prune_layerwise(pruning.magnitude_scores(params), masks.ones_like(params),
+                                 prunable)
   for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(prunable)):
     assert m.dtype == jnp.float32
     assert set(np.unique(np.asarray(m))) <= {0.0, 1.0}
@@ -117,12 +118,14 @@ def test_random_control_keeps_layer_counts_but_not_positions():
   key = jax.random.PRNGKey(3)
   rand = pruning.random_with_layer_counts(key, imp_mask, prunable)
   assert masks.counts(rand, prunable) == masks.counts(imp_mask, prunable)
-  overlap = np.mean(np.asarray(rand["Dense_0"]["kernel"]) == np.asarray(imp_mask["Dense_0"]["kernel"]))
+  overlap = np.mean(np.asarray(rand["Dense_0"]["kernel"])
+                    == np.asarray(imp_mask["Dense_0"]["kernel"]))
   assert overlap < 0.9
   jax.tree.map(np.testing.assert_array_equal, rand,
                pruning.random_with_layer_counts(key, imp_mask, prunable))
   other = pruning.random_with_layer_counts(jax.random.PRNGKey(4), imp_mask, prunable)
-  assert not np.array_equal(np.asarray(other["Dense_0"]["kernel"]), np.asarray(rand["Dense_0"]["kernel"]))
+  assert not np.array_equal(np.asarray(other["Dense_0"]["kernel"]),
+                            np.asarray(rand["Dense_0"]["kernel"]))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5])
@@ -130,4 +133,5 @@ def test_fraction_outside_open_unit_interval_is_rejected(fraction):
   params = net(((4, 3),))
   prunable = masks.prunable_tree(params)
   with pytest.raises(validate.InputError, match="prune fraction"):
-    pruning.prune_global(pruning.magnitude_scores(params), masks.ones_like(params), prunable, fraction)
+    pruning.prune_global(pruning.magnitude_scores(params), masks.ones_like(params), prunable,
+                         fraction)

@@ -76,7 +76,8 @@ def test_training_curves_are_readable_tensorboard_scalars(smoke_pipeline):
   got = [(e.step, e.value) for e in events.Scalars("train/loss")]
   assert len(got) > 3 and got == [(r["step"], np.float32(r["loss"])) for r in train]
   tags = events.Tags()["scalars"]
-  assert "imp/real/1/retrain/loss" in tags and "analysis/dense/test/interpolate/error_barrier_mean" in tags
+  assert ("imp/real/1/retrain/loss" in tags
+          and "analysis/dense/test/interpolate/error_barrier_mean" in tags)
   assert "imp/summary/rewind_step" in tags  # a finished stage's numbers
 
 

@@ -11,6 +11,7 @@ from lmcjax.configs import default
 from lmcjax.configs.parts import model as model_part
 from lmcjax.configs.parts import train as train_part
 from lmcjax import dense
+from lmcjax import execution as execution_lib
 from lmcjax import imp
 from lmcjax import logs
 from lmcjax import pipeline
@@ -102,11 +103,11 @@ def test_auto_execution_is_sequential_for_convnets_on_cpu():
   cpu = jax.default_backend() == "cpu"
   conv = runtime.setup(_config("convnet")).init_params
   mlp = runtime.setup(_config("mlp")).init_params
-  assert train.resolve_execution("auto", conv) == ("sequential" if cpu else "vmapped")
-  assert train.resolve_execution("auto", mlp) == "vmapped"
-  assert train.resolve_execution("vmapped", conv) == "vmapped"
+  assert execution_lib.resolve("auto", conv) == ("sequential" if cpu else "vmapped")
+  assert execution_lib.resolve("auto", mlp) == "vmapped"
+  assert execution_lib.resolve("vmapped", conv) == "vmapped"
   with pytest.raises(validate.InputError, match="execution='scan'"):
-    train.resolve_execution("scan")
+    execution_lib.resolve("scan")
 
 
 def _imp_rows(c, workdir):

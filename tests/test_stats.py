@@ -1,4 +1,5 @@
-"""Intervals cover at their nominal rate, pairing and warnings behave, bad input fails in one line."""
+"""Intervals cover at their nominal rate, pairing and warnings behave, bad input
+fails in one line."""
 import json
 
 import numpy as np
@@ -15,7 +16,8 @@ def _covers(ci, value):
 
 
 def _hierarchical_barriers(rng, num_seeds=5, pairs=3, seed_sd=0.05, pair_sd=0.01):
-  """Barriers whose seed effect dominates the pair noise, as when inits differ more than SGD noise."""
+  """Barriers whose seed effect dominates the pair noise, as when inits differ more than
+  SGD noise."""
   effects = rng.normal(0.0, seed_sd, num_seeds)
   return {s: TRUE_MEAN + effects[s] + rng.normal(0.0, pair_sd, pairs) for s in range(num_seeds)}
 
@@ -23,7 +25,8 @@ def _hierarchical_barriers(rng, num_seeds=5, pairs=3, seed_sd=0.05, pair_sd=0.01
 def test_percentile_bootstrap_covers_the_true_mean_at_about_the_nominal_rate():
   rng = np.random.default_rng(0)
   trials = 1000
-  hits = sum(_covers(stats.bootstrap_ci(rng.normal(TRUE_MEAN, 0.05, 20), num_resamples=400, seed=t), TRUE_MEAN)
+  hits = sum(_covers(stats.bootstrap_ci(rng.normal(TRUE_MEAN, 0.05, 20), num_resamples=400,
+                                        seed=t), TRUE_MEAN)
              for t in range(trials))
   # The percentile bootstrap runs a little under 95% for 20 values (about 0.92 here: its
   # spread uses the n-divisor variance and normal, not t, quantiles); below 0.90 is a bug.
@@ -85,7 +88,8 @@ def test_identical_nets_still_get_the_test_set_interval():
 
 def test_one_net_gets_its_wilson_interval():
   ci = stats.mean_accuracy_ci([0.8], 10)
-  assert (ci["low"], ci["high"], ci["count"]) == (stats.binomial_ci(8, 10)["low"], stats.binomial_ci(8, 10)["high"], 1)
+  assert (ci["low"], ci["high"], ci["count"]) == (stats.binomial_ci(8, 10)["low"],
+                                                  stats.binomial_ci(8, 10)["high"], 1)
 
 
 def test_same_seed_same_output_and_another_seed_differs():
@@ -164,7 +168,8 @@ def test_single_shared_seed_is_flagged_and_single_pair_cannot_compare():
 
 def test_every_result_is_plain_json():
   barriers = _hierarchical_barriers(np.random.default_rng(5))
-  results = [stats.binomial_ci(8, 10), stats.accuracy_ci(0.9, 100), stats.mean_accuracy_ci([0.9, 0.92], 100),
+  results = [stats.binomial_ci(8, 10), stats.accuracy_ci(0.9, 100),
+             stats.mean_accuracy_ci([0.9, 0.92], 100),
              stats.bootstrap_ci([1.0, 2.0, 4.0]), stats.barrier_ci(barriers),
              stats.paired_difference(barriers, _shifted(barriers, 0.01), "a", "b")]
   for result in results:

@@ -103,11 +103,13 @@ def test_aggregate_real_jobs_with_unfinished_and_missing(smoke_config, tmp_path)
 
   records = aggregate.aggregate(root)
   assert [r["status"] for r in records] == ["done", "done", "unfinished", "missing"]
-  assert [(r["seeds.init"], r["seeds.data_order"]) for r in records] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+  assert ([(r["seeds.init"], r["seeds.data_order"]) for r in records]
+          == [(0, 0), (0, 1), (1, 0), (1, 1)])
   for record, summary in zip(records, summaries):
     assert record["summary.train.test_accuracy"] == summary["train"]["test_accuracy"]
   # Each job ran its own config: job 1 used data order 1.
-  assert logs.read_json(os.path.join(root, records[1]["job"], "config.json"))["seeds"]["data_order"] == 1
+  assert logs.read_json(
+      os.path.join(root, records[1]["job"], "config.json"))["seeds"]["data_order"] == 1
   assert records[0]["summary.train.train_loss"] != records[1]["summary.train.train_loss"]
 
   with open(os.path.join(root, "aggregate.json")) as f:

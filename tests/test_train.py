@@ -36,8 +36,9 @@ def _random_mask(params, keep=0.5, seed=0):
   prunable = masks.prunable_tree(params)
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  out = [(jax.random.uniform(k, l.shape) < keep).astype(l.dtype) if p else jnp.ones_like(l)
-         for k, l, p in zip(keys, leaves, jax.tree.leaves(prunable))]
+  out = [(jax.random.uniform(k, leaf.shape) < keep).astype(leaf.dtype) if p
+         else jnp.ones_like(leaf)
+         for k, leaf, p in zip(keys, leaves, jax.tree.leaves(prunable))]
   return jax.tree.unflatten(tree, out)
 
 

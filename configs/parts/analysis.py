@@ -1,10 +1,15 @@
-"""config.analysis: linear mode connectivity of IMP's subnetworks (lmcjax/analysis.py).
+"""config.analysis: linear mode connectivity of IMP's subnetworks (lmcjax/analysis/).
 
 For the dense net and each target mask, the stage trains num_branches copies
 from IMP's rewind point that differ only in SGD noise, then measures every
 pairwise interpolation barrier, a loss landscape plane, and the Hessian
 diagonal of the first copy. Defaults fit LeNet-300-100 on MNIST-5k on 2 CPU
 cores: about a minute per analysed model.
+
+The top-level fields from num_alphas to bn_reset_batch_size are the
+interpolation measure's; each sub-section but branch_train is the section of
+the measure of that name (lmcjax/analysis/measures.py). A measure registered
+outside lmcjax adds its own: analysis.SECTION = measures.default_section(NAME).
 """
 import ml_collections
 
@@ -34,7 +39,7 @@ def get_section() -> ml_collections.ConfigDict:
       # copy/alpha/point/probe driven from Python for convnets on CPU (XLA:CPU
       # runs vmapped parameter copies as grouped convolutions and gradient
       # convolutions inside lax.scan/map with a naive kernel), one vmapped
-      # program otherwise; or 'vmapped' | 'sequential' (train.resolve_execution).
+      # program otherwise; or 'vmapped' | 'sequential' (execution.resolve).
       execution="auto",
       include_dense=True,
       num_branches=3,  # >= 3 for the three-point plane, >= 4 for the four-seed plane

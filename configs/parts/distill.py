@@ -10,6 +10,7 @@ import ml_collections
 
 from lmcjax.configs.parts import model as model_part
 from lmcjax.configs.parts import train as train_part
+from lmcjax.distill import registry
 
 
 def eval_spec():
@@ -22,26 +23,9 @@ def eval_spec():
   return spec
 
 
-def gradient_matching(**overrides) -> ml_collections.ConfigDict:
-  """DC/DSA values (Zhao et al.): SGD lr 0.1 momentum 0.5 on images, real
-  batches of 256 per class, a fresh net every outer_loop=10 updates, trained
-  for 50 SGD steps (lr 0.01) on the synthetic set between updates (ipc 10)."""
-  cfg = ml_collections.ConfigDict(dict(
-      iterations=200, optimizer="sgd", lr_images=0.1, momentum=0.5,
-      batch_real=256,
-      distance="dc",  # dc (layer-wise 1 - cosine) | mse
-      net_reset_every=10,
-      inner_steps=50, inner_data="synthetic",  # synthetic (DC) | real (IDC)
-      batch_inner=256, lr_net=0.01,
-      factor=1,
-  ))
-  cfg.update(overrides)
-  return cfg
-
-
 def get_section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      method="dm",  # dc | idc | mtt | dm
+      method="dm",  # any registered method: dc | idc | mtt | dm (lmcjax/distill/registry.py)
       ipc=10,  # stored images per class
       init="real",  # real (seeded samples of each class) | noise
       seed=0,  # every draw of the stage: init, batches, nets, experts, evaluation
@@ -55,33 +39,23 @@ def get_section() -> ml_collections.ConfigDict:
       # Unroll the per-class loop and inner SGD scans: XLA:CPU runs convs in a
       # while loop ~15x slower (measured); accelerator presets set False.
       unroll=True,
+      # How independent nets run (MTT's experts, the evaluation's K seeds):
+      # 'auto' vmaps them on accelerators and for dense nets, and trains a conv
+      # net's one by one on XLA:CPU, where vmap turns each conv into a slow
+      # grouped conv (same keys, same results); or 'vmapped' | 'sequential'.
+      execution="auto",
       log_every=25,
       # An external distilled set (synthetic.py npz, e.g. converted IDC/MTT
       # tensors): validated against the dataset, evaluated, no distillation.
       load_path="",
-      dc=gradient_matching(),
-      # IDC (Kim et al.): multi-formation factor 2, MSE gradient matching, the
-      # network trained on real data between updates.
-      idc=gradient_matching(distance="mse", inner_data="real", factor=2, lr_images=0.005,
-                            optimizer="adam", inner_steps=10, batch_inner=128),
-      mtt=ml_collections.ConfigDict(dict(
-          iterations=200, optimizer="sgd", lr_images=100.0, momentum=0.5,
-          lr_lr=1e-2, lr_init=0.01,  # learnable inner lr, stored as log-lr
-          syn_steps=20, expert_epochs=2, max_start_epoch=4,
-          batch_syn=0,  # 0 = all synthetic images every inner step
-          remat=False,
-          num_experts=4, lr_teacher=0.01, batch_teacher=256,
-          expert_dir="",  # '' = DIR/distill/experts (reused when present)
-      )),
-      # DM (Zhao & Bilen): SGD lr 1 momentum 0.5, real batches of 256 per class.
-      dm=ml_collections.ConfigDict(dict(
-          iterations=200, optimizer="sgd", lr_images=1.0, momentum=0.5, batch_real=256)),
-      # vmap_seeds: train the K nets as one vmapped program (accelerators);
-      # XLA:CPU turns a vmapped conv into a slow grouped conv, so CPU runs
-      # train them one by one (same keys, same results).
+      # Each method's own section, with its tuned values, as its module
+      # registers it (lmcjax/distill/{gradient,distribution,trajectory}_matching.py):
+      # DC/DSA, IDC (multi-formation factor 2, MSE gradient matching, the
+      # network trained on real data between updates), MTT, DM.
+      **{name: registry.get(name).section() for name in registry.names()},
       # baseline: random real subsets of the same size, a new one per seed.
       # initial: also evaluate the set before distillation (what the method added).
       # learned_lr: MTT sets train with their learned inner lr, as in MTT's protocol.
       eval=ml_collections.ConfigDict(dict(num_seeds=3, baseline=True, initial=False,
-                                          learned_lr=True, vmap_seeds=False, spec=eval_spec())),
+                                          learned_lr=True, spec=eval_spec())),
   ))

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from lmcjax import augment
-from lmcjax import masks
+from lmcjax import models
 from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
@@ -34,7 +34,8 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def check_ipc(ipc: int, factor: int, labels: np.ndarray, num_classes: int) -> None:
   """ipc >= 1 and enough real examples of every class to initialise from."""
-  validate.require(isinstance(ipc, int) and ipc >= 1, f"distill.ipc must be an integer >= 1, got {ipc!r}")
+  validate.require(isinstance(ipc, int) and ipc >= 1,
+                   f"distill.ipc must be an integer >= 1, got {ipc!r}")
   counts = class_counts(labels, num_classes)
   need = ipc * factor * factor
   short = np.flatnonzero(counts < need)
@@ -183,11 +184,12 @@ def random_batches(key, n: int, batch: int, num_steps: int) -> jnp.ndarray:
 def embed(model, params, images) -> jnp.ndarray:
   """Penultimate features: the input of the model's top-level output Dense.
 
-  Intercepts that layer's call (flax method interception) and skips it, so any
-  lmcjax model works without changing models.py.
+  Intercepts the call of the classifier head its registration names (flax
+  method interception) and skips it, so any registered model works.
   """
-  output = masks.output_layer(params)
-  validate.require(bool(output), "distribution matching needs a model with a Dense output layer")
+  output = models.info(model).classifier
+  validate.require(output in params,
+                   f"distribution matching needs the classifier head {output!r} in the params")
   captured = []
 
   def interceptor(next_fn, args, kwargs, context):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from lmcjax import checkpoints
 from lmcjax.distill import core
 from lmcjax import engine
+from lmcjax import execution as execution_lib
 from lmcjax import train
 from lmcjax import validate
 
@@ -54,29 +55,31 @@ def init_experts(model, key, image_shape, num_experts: int) -> PyTree:
 
 
 def train_experts(model, x, y, num_classes: int, cfg, key, directory: str = "",
-                  vmapped: bool = True, aug=None) -> Tuple[List[PyTree], List[float]]:
+                  execution: str = "auto", aug=None) -> Tuple[List[PyTree], List[float]]:
   """Trains cfg.num_experts experts for cfg.num_expert_epochs epochs.
 
   Returns the trajectory [epoch 0 .. E] of stacked params (host numpy) and the
   seconds of each epoch (the first includes compilation; saving excluded).
   With `directory`, every epoch is saved. An epoch is n // batch steps.
-  vmapped=False trains the experts one after another with the Python-driven
-  step (the bench's comparison). A NaN/inf loss raises NonFiniteLossError.
+  execution (lmcjax.execution): 'auto' vmaps the experts on accelerators and
+  for dense nets, and trains a conv net's one after another with the
+  Python-driven step on XLA:CPU (1.34x faster there, bench/bench_distill.py).
+  A NaN/inf loss raises NonFiniteLossError.
   """
   k_init, k_order, k_aug = jax.random.split(key, 3)
   program = expert_program(model, num_classes, cfg.lr_teacher, aug, cfg.unroll)
   batch = min(cfg.batch_teacher, x.shape[0])
   steps = max(1, x.shape[0] // batch)
-  copies = [engine.fresh_copy(program, k, jax.random.fold_in(k_aug, i), jax.random.fold_in(k_order, i),
+  copies = [engine.fresh_copy(program, k, jax.random.fold_in(k_aug, i),
+                              jax.random.fold_in(k_order, i),
                               x, y, batch, f"distill expert {i}")
             for i, k in enumerate(jax.random.split(k_init, cfg.num_experts))]
-  params = engine.stack([c.state.params for c in copies])
+  params = execution_lib.stack([c.state.params for c in copies])
   trajectory, seconds = [jax.device_get(params)], []
   _save(directory, 0, params)
   for e in range(cfg.num_expert_epochs):
     tick = time.perf_counter()
-    states, _ = engine.run_copies(program, copies, None, (e + 1) * steps,
-                                  execution="vmapped" if vmapped else "sequential")
+    states, _ = engine.run_copies(program, copies, None, (e + 1) * steps, execution=execution)
     states = jax.block_until_ready(states)
     copies = engine.resume(copies, states)
     seconds.append(time.perf_counter() - tick)

@@ -1,6 +1,8 @@
-"""The distillation methods as pure matching losses plus one generic outer step.
+"""What every distillation method shares: the problem, the method record and one outer step.
 
-Every method is a `Method(loss, step, next_context)`:
+The methods themselves are registered in their own modules
+(gradient_matching.py, distribution_matching.py, trajectory_matching.py; see
+registry.py). Every method is a `Method(loss, step, next_context)`:
   loss(learn, key, ctx) -> scalar matching loss (pure; fixed key => deterministic),
   step(learn, opt_state, key, ctx) -> (learn, opt_state, ctx, loss): one outer
     iteration, jitted once by the driver, with every inner loop a lax.scan/map,
@@ -18,7 +20,11 @@ from lmcjax.distill import core
 from lmcjax import train
 
 PyTree = Any
-GM_DISTANCES = ("dc", "mse")
+# Train-step equivalents per synthetic example of one outer step (cost
+# estimates): the loss is a function of a gradient (GM) or of an unrolled SGD
+# path (MTT), so its image gradient costs about a forward, a backward and a
+# backward of the backward.
+OUTER_FACTOR = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Problem:
   factor: int = 1
   aug: Optional[Callable] = None
   unroll: bool = False  # unroll class loops and inner scans (fast on XLA:CPU, see inner_sgd)
+  execution: str = "auto"  # independent nets (MTT's experts): lmcjax.execution
 
   @property
   def labels(self) -> jnp.ndarray:
@@ -89,122 +96,3 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation,
     return learn, opt_state, ctx, loss
 
   return step
-
-
-# ---------------------------------------------------------------- gradient matching
-
-
-def gradient_distance(g_real: PyTree, g_syn: PyTree, kind: str) -> jnp.ndarray:
-  """DC's layer-wise distance (1 - cosine per output unit, kernels only) or MSE."""
-  pairs = zip(jax.tree.leaves(g_real), jax.tree.leaves(g_syn))
-  if kind == "mse":
-    return sum(jnp.sum((a - b) ** 2) for a, b in pairs)
-  total = 0.0
-  for a, b in pairs:
-    if a.ndim < 2:  # DC ignores biases and norm scales
-      continue
-    a, b = a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]).T  # rows: output units
-    cos = jnp.sum(a * b, -1) / (_safe_norm(a) * _safe_norm(b) + 1e-6)
-    total = total + jnp.sum(1.0 - cos)
-  return total
-
-
-def _safe_norm(a):
-  # A dead unit has an all-zero gradient row; the plain norm's derivative there is NaN.
-  return jnp.sqrt(jnp.maximum(jnp.sum(a * a, axis=-1), 1e-24))
-
-
-def gradient_matching(p: Problem, cfg, tx) -> Method:
-  """DC/DSA (cfg.inner_data='synthetic') and IDC (factor > 1, 'real' inner data).
-
-  ctx is the matching network's params; the driver draws a fresh one every
-  cfg.net_reset_every iterations (DC's outer_loop) and the step trains it for
-  cfg.inner_steps SGD steps between image updates.
-  """
-  model, C = p.model, p.num_classes
-
-  def class_grad(net, x, c):
-    y = jnp.full((x.shape[0],), c, jnp.int32)
-    return jax.grad(core.logits_loss, argnums=1)(model, net, x, y, C)
-
-  def loss(learn, key, net):
-    syn = p.per_class(learn)
-
-    def one_class(c, k):
-      xr, xs = p.siamese_pair(k, c, syn, cfg.batch_real)
-      g_real = jax.lax.stop_gradient(class_grad(net, xr, c))
-      return gradient_distance(g_real, class_grad(net, xs, c), cfg.distance)
-
-    return p.over_classes(one_class, key)
-
-  def train_net(learn, key, net):
-    if cfg.inner_steps == 0:
-      return net
-    if cfg.inner_data == "real":
-      images, labels = p.x_real, p.y_real
-    else:
-      images, labels = core.training_images(jax.lax.stop_gradient(learn["images"]), p.labels,
-                                            p.factor)
-    k_idx, k_aug = jax.random.split(key)
-    idx = core.random_batches(k_idx, images.shape[0], min(cfg.batch_inner, images.shape[0]),
-                              cfg.inner_steps)
-    net, _ = core.inner_sgd(model, net, images, labels, idx, cfg.lr_net, k_aug, C, p.aug,
-                            unroll=p.unroll)
-    return net
-
-  def next_context(iteration, net, key):
-    return p.init_net(key) if net is None or iteration % cfg.net_reset_every == 0 else net
-
-  return Method(loss, make_step(loss, tx, train_net), next_context)
-
-
-# ---------------------------------------------------------------- distribution matching
-
-
-def distribution_matching(p: Problem, cfg, tx) -> Method:
-  """DM: per-class mean penultimate embeddings of real vs synthetic batches
-  under a network freshly initialised from the step's key."""
-  model = p.model
-
-  def loss(learn, key, ctx):
-    del ctx
-    k_net, k_cls = jax.random.split(key)
-    net = p.init_net(k_net)
-    syn = p.per_class(learn)
-
-    def one_class(c, k):
-      xr, xs = p.siamese_pair(k, c, syn, cfg.batch_real)
-      e_real = jnp.mean(core.embed(model, net, xr), axis=0)
-      e_syn = jnp.mean(core.embed(model, net, xs), axis=0)
-      return jnp.sum((jax.lax.stop_gradient(e_real) - e_syn) ** 2)
-
-    return p.over_classes(one_class, k_cls)
-
-  return Method(loss, make_step(loss, tx), lambda iteration, ctx, key: {})
-
-
-# ---------------------------------------------------------------- trajectory matching
-
-
-def params_sq_distance(a: PyTree, b: PyTree) -> jnp.ndarray:
-  return sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def trajectory_matching(p: Problem, cfg, tx, trajectory_sampler: Callable) -> Method:
-  """MTT: from expert params at epoch t, cfg.syn_steps SGD steps on synthetic
-  batches with the learnable lr; loss ||theta_N - theta*_{t+M}||^2 /
-  ||theta*_t - theta*_{t+M}||^2. ctx = {'start', 'target'} from the sampler."""
-  model, C = p.model, p.num_classes
-  labels = p.labels
-
-  def loss(learn, key, ctx):
-    images = learn["images"]
-    k_idx, k_aug = jax.random.split(key)
-    batch = min(cfg.batch_syn, images.shape[0]) if cfg.batch_syn else images.shape[0]
-    idx = core.random_batches(k_idx, images.shape[0], batch, cfg.syn_steps)
-    end, _ = core.inner_sgd(model, ctx["start"], images, labels, idx, jnp.exp(learn["log_lr"]),
-                            k_aug, C, p.aug, remat=cfg.remat, unroll=p.unroll)
-    return (params_sq_distance(end, ctx["target"])
-            / params_sq_distance(ctx["start"], ctx["target"]))
-
-  return Method(loss, make_step(loss, tx), lambda iteration, ctx, key: trajectory_sampler(key))

@@ -2,7 +2,6 @@
 import json
 import os
 import time
-import types
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -10,23 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmcjax import augment
+from lmcjax import execution as execution_lib
 from lmcjax.distill import core
 from lmcjax.distill import evaluate
-from lmcjax.distill import experts
 from lmcjax.distill import methods
+from lmcjax.distill import registry
 from lmcjax import logs
 from lmcjax import models
 from lmcjax import plots
 from lmcjax import progress
 from lmcjax import rng
-from lmcjax import runtime
 from lmcjax import synthetic
 from lmcjax import train
 from lmcjax import validate
 from lmcjax import workdir as workdir_lib
-
-METHODS = ("dc", "idc", "mtt", "dm")
-
+from lmcjax.stages import base
 
 def model_config(config):
   """The distillation network's config: config.distill.model, or config.model if its name is ''."""
@@ -34,53 +31,38 @@ def model_config(config):
 
 
 def factor_of(d) -> int:
-  return int(d.idc.factor) if d.method == "idc" else 1
+  """The multi-formation factor of config.distill's method (IDC: each stored
+  image decodes to factor^2 training images)."""
+  return registry.get(d.method).factor(d[d.method])
 
 
 def check_config(config) -> None:
   """Every distill value that can be checked without data, before any compute."""
   d = config.distill
-  validate.choice("distill.method", d.method, METHODS)
-  validate.require(isinstance(d.ipc, int) and d.ipc >= 1, f"distill.ipc must be an integer >= 1, got {d.ipc!r}")
+  method = registry.get(d.method)
+  validate.require(isinstance(d.ipc, int) and d.ipc >= 1,
+                   f"distill.ipc must be an integer >= 1, got {d.ipc!r}")
   validate.choice("distill.init", d.init, ("real", "noise"))
   mcfg = model_config(config)
   models.check_config(mcfg, "distill.model" if d.model.name else "model")
-  validate.require(not models.uses_batchnorm(mcfg), f"distill.model {mcfg.name!r} uses BatchNorm; distillation "
-                   "needs instance/layer/no norm (e.g. convnet with norm=instance)")
+  validate.require(not models.info_for_config(mcfg).keeps_running_stats,
+                   f"distill.model {mcfg.name!r} uses BatchNorm; distillation needs "
+                   "instance/layer/no norm (e.g. convnet with norm=instance)")
   validate.choice("distill.augment.kind", d.augment.kind, ("none", "dsa"))
   augment.check_config(d.augment)
   validate.require(d.augment.cutmix_prob == 0, "distill.augment.cutmix_prob must be 0: "
                    f"CutMix mixes labels, which matching cannot, got {d.augment.cutmix_prob!r}")
   validate.non_negative("distill.log_every", d.log_every)
+  validate.choice("distill.execution", d.execution, execution_lib.EXECUTIONS)
   m = d[d.method]
   validate.positive(f"distill.{d.method}.iterations", m.iterations)
   validate.choice(f"distill.{d.method}.optimizer", m.optimizer, ("sgd", "adam"))
   validate.positive(f"distill.{d.method}.lr_images", m.lr_images)
-  if d.method in ("dc", "idc"):
-    _check_gm(f"distill.{d.method}", m)
-  elif d.method == "mtt":
-    _check_mtt(m)
-  else:
-    validate.positive("distill.dm.batch_real", m.batch_real)
+  method.check(m, f"distill.{d.method}")
   validate.positive("distill.eval.num_seeds", d.eval.num_seeds)
   train.check_spec(d.eval.spec, "distill.eval.spec")
   if d.load_path:
     validate.require(os.path.isfile(d.load_path), f"distill.load_path not found: {d.load_path!r}")
-
-
-def _check_gm(name, m) -> None:
-  validate.choice(f"{name}.distance", m.distance, methods.GM_DISTANCES)
-  validate.choice(f"{name}.inner_data", m.inner_data, ("synthetic", "real"))
-  for key in ("batch_real", "net_reset_every", "batch_inner", "lr_net", "factor"):
-    validate.positive(f"{name}.{key}", m[key])
-  validate.non_negative(f"{name}.inner_steps", m.inner_steps)
-
-
-def _check_mtt(m) -> None:
-  for key in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts", "lr_teacher",
-              "batch_teacher", "lr_lr", "lr_init"):
-    validate.positive(f"distill.mtt.{key}", m[key])
-  validate.non_negative("distill.mtt.batch_syn", m.batch_syn)
 
 
 def check_data(d, y_real, num_classes: int) -> None:
@@ -88,64 +70,25 @@ def check_data(d, y_real, num_classes: int) -> None:
   core.check_ipc(d.ipc, factor_of(d), np.asarray(y_real), num_classes)
 
 
-def expert_dir(d, workdir: str) -> str:
-  return d.mtt.expert_dir or os.path.join(workdir_lib.distill_dir(workdir), "experts")
-
-
-def build(d, model, x_real, y_real, num_classes: int, *, expert_directory: str = "",
+def build(d, model, x_real, y_real, num_classes: int, *, files_dir: str = "",
           log: Optional[logs.MetricsLog] = None) -> Tuple[methods.Method, Any, Dict, int]:
   """The method, its outer optimizer, the initial learnable pytree and iterations.
 
-  For MTT this trains (or reloads) the experts first.
+  files_dir: where a method keeps files it can reuse (MTT: its experts, trained
+  here first or reloaded); '' keeps nothing.
   """
   check_data(d, y_real, num_classes)
   factor, m = factor_of(d), d[d.method]
   key = lambda *path: rng.named_key(d.seed, "distill", *path)
   table, counts = core.class_table(np.asarray(y_real), num_classes)
   aug = core.make_augment(d.augment)
-  problem = methods.Problem(model, num_classes, tuple(x_real.shape[1:]), x_real, jnp.asarray(y_real),
-                            table, counts, d.ipc, factor, aug, d.unroll)
-  learn = {"images": core.init_images(key("init"), x_real, y_real, num_classes, d.ipc, d.init, factor)}
-  if d.method == "mtt":
-    learn["log_lr"] = jnp.log(jnp.asarray(m.lr_init, jnp.float32))
-    tx = core.make_outer_optimizer(m.optimizer, m.lr_images, m.momentum, m.lr_lr)
-    trajectory = expert_trajectory(m, model, x_real, y_real, num_classes, aug, key("experts"),
-                                   expert_directory, log, d.unroll)
-    sampler = experts.make_sampler(trajectory, m.max_start_epoch, m.expert_epochs)
-    return methods.trajectory_matching(problem, m, tx, sampler), tx, learn, m.iterations
-  tx = core.make_outer_optimizer(m.optimizer, m.lr_images, m.momentum)
-  if d.method == "dm":
-    return methods.distribution_matching(problem, m, tx), tx, learn, m.iterations
-  return methods.gradient_matching(problem, m, tx), tx, learn, m.iterations
-
-
-def expert_template(m, model, image_shape) -> Any:
-  """Stacked param shapes of m.num_experts experts (no compute)."""
-  init = lambda k: experts.init_experts(model, k, image_shape, m.num_experts)
-  return jax.eval_shape(init, jax.random.PRNGKey(0))
-
-
-def expert_settings(m, num_epochs: int, unroll: bool, num_experts: int = 0):
-  """What experts.train_experts reads, from config.distill.mtt."""
-  return types.SimpleNamespace(num_experts=num_experts or m.num_experts, num_expert_epochs=num_epochs,
-                               lr_teacher=m.lr_teacher, batch_teacher=m.batch_teacher,
-                               unroll=unroll)
-
-
-def expert_trajectory(m, model, x_real, y_real, num_classes, aug, key, directory, log,
-                      unroll=False):
-  """Loads the experts' per-epoch params from `directory`, or trains and saves them."""
-  num_epochs = m.max_start_epoch + m.expert_epochs + 1
-  like = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                      expert_template(m, model, x_real.shape[1:]))
-  if directory and experts.saved_epochs(directory) > 0:
-    return experts.load_experts(directory, like, num_epochs)
-  cfg = expert_settings(m, num_epochs - 1, unroll)
-  trajectory, seconds = experts.train_experts(model, x_real, jnp.asarray(y_real), num_classes, cfg,
-                                              key, directory, vmapped=True, aug=aug)
-  if log is not None:
-    log.write("distill_experts", num_epochs - 1, {"seconds": float(sum(seconds))})
-  return trajectory
+  problem = methods.Problem(model, num_classes, tuple(x_real.shape[1:]), x_real,
+                            jnp.asarray(y_real), table, counts, d.ipc, factor, aug, d.unroll,
+                            d.execution)
+  learn = {"images": core.init_images(key("init"), x_real, y_real, num_classes, d.ipc, d.init,
+                                      factor)}
+  method, tx, extra = registry.get(d.method).build(problem, m, key, files_dir, log)
+  return method, tx, {**learn, **extra}, m.iterations
 
 
 def run_outer(method: methods.Method, tx, learn, iterations: int, key, *,
@@ -173,14 +116,16 @@ def run_outer(method: methods.Method, tx, learn, iterations: int, key, *,
     if (log_every and done % log_every == 0) or done == iterations:
       losses = np.asarray(jax.device_get(jnp.stack(pending)))
       if not np.all(np.isfinite(losses)):
-        raise train.NonFiniteLossError(f"non-finite matching loss in stage 'distill' by iteration {done}")
+        raise train.NonFiniteLossError(
+            f"non-finite matching loss in stage 'distill' by iteration {done}")
       if log is not None:
         log.write("distill", done, {"matching_loss": float(losses.mean())})
       pending = []
     shown.update(done, wait=loss)
   jax.block_until_ready(learn)
   per_iter = (time.perf_counter() - tick) / max(1, iterations - 1)
-  return learn, {"first_loss": first, "last_loss": float(losses[-1]), "seconds_per_iteration": per_iter}
+  return learn, {"first_loss": first, "last_loss": float(losses[-1]),
+                 "seconds_per_iteration": per_iter}
 
 
 
@@ -209,7 +154,7 @@ def evaluate_set(s, d, model, images, labels, meta: Dict[str, Any],
   decode = lambda x: core.training_images(jnp.asarray(x), jnp.asarray(labels), factor)
   key = rng.named_key(d.seed, "distill", "eval")
   kw = dict(x_test=s.x_test, y_test=s.y_test, num_classes=s.dataset.num_classes, key=key,
-            vmapped=d.eval.vmap_seeds)
+            execution=d.execution)
   out = {"distilled": evaluate.train_and_test(model, eval_spec_for(d, meta), *decode(images),
                                               num_seeds=d.eval.num_seeds, **kw)}
   if initial_images is not None:  # its lr is not learned yet: the plain spec
@@ -237,14 +182,12 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
     images, labels, meta = synthetic.load_checked(d.load_path, s.dataset)
   else:
     check_data(d, s.y_train, s.dataset.num_classes)
-    directory = expert_dir(d, workdir)
-    if d.method == "mtt":
-      experts.check_experts(directory, expert_template(d.mtt, model, s.dataset.image_shape))
     method, tx, learn, iterations = build(d, model, s.x_train, s.y_train, s.dataset.num_classes,
-                                          expert_directory=directory, log=log)
+                                          files_dir=out_dir, log=log)
     if d.eval.initial:
       initial_images = np.array(learn["images"], copy=True)  # run_outer donates learn
-    learn, summary = run_outer(method, tx, learn, iterations, rng.named_key(d.seed, "distill", "outer"),
+    learn, summary = run_outer(method, tx, learn, iterations,
+                               rng.named_key(d.seed, "distill", "outer"),
                                log=log, log_every=d.log_every)
     images = np.asarray(learn["images"])
     labels = np.asarray(core.synthetic_labels(s.dataset.num_classes, d.ipc))
@@ -260,7 +203,8 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
                         s.dataset.std)
   result = evaluate_set(s, d, model, images, labels, meta, initial_images)
   logs.write_json(os.path.join(out_dir, "eval.json"), result)
-  summary.update({k: {"mean": v["mean"], "std": v["std"], "lr": v["lr"]} for k, v in result.items()})
+  summary.update({k: {"mean": v["mean"], "std": v["std"], "lr": v["lr"]}
+                  for k, v in result.items()})
   summary.update({"method": meta["method"], "ipc": meta["ipc"], "model": meta.get("model", ""),
                   "path": workdir_lib.distilled_set(workdir)})
   return summary
@@ -270,6 +214,6 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
 # when the inputs change (MTT experts included: they depend on the config).
 # How the set is evaluated does not change synthetic.npz, which is all that
 # imp and analysis read: changing distill.eval reruns this stage only.
-STAGE = runtime.Stage("distill", run_stage, check_config, reads=("data", "model", "distill"),
+STAGE = base.Stage("distill", run_stage, check_config, reads=("data", "model", "distill"),
                       output_dirs=lambda workdir: (workdir_lib.distill_dir(workdir),),
                       report_only=("distill.eval",))

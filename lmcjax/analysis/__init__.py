@@ -1,0 +1,32 @@
+"""The analysis stage and its measures (lmcjax/analysis/measures.py).
+
+  stage.py          the stage: copies per model, measures, summary.json;
+  targets.py        which models it analyses, and from which dense-run step;
+  measures.py       the Measure interface, its contexts and the registry;
+  interpolation.py  pairwise interpolation barriers (per model; figures);
+  landscapes.py     loss landscape planes (per model);
+  hessian.py        the Hessian of each model's first copy (per model; figures);
+  instability.py    the barrier against the rewind epoch (across models).
+
+A new measure is one module that builds a measures.Measure and one line below
+that registers it; the order below is the order the measures run in.
+"""
+from lmcjax.analysis import measures
+from lmcjax.analysis import interpolation
+from lmcjax.analysis import landscapes
+from lmcjax.analysis import hessian
+from lmcjax.analysis import instability
+from lmcjax.analysis import stage
+from lmcjax.analysis import targets
+
+for _measure in (interpolation.MEASURE, landscapes.MEASURE, hessian.MEASURE,
+                 instability.MEASURE):
+  measures.register(_measure)
+del _measure
+
+STAGE = stage.STAGE
+check_config = stage.check_config
+run_stage = stage.run_stage
+
+__all__ = ("STAGE", "check_config", "run_stage", "measures", "interpolation", "landscapes",
+           "hessian", "instability", "stage", "targets")
