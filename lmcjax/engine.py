@@ -19,7 +19,6 @@ sums some batched reductions in another order (see tests/test_engine.py).
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -86,16 +85,15 @@ def train_program(model, spec, num_classes: int, num_steps: int, start_step: int
   """The Program of train.make_train_step for one (model, spec, length), built once.
 
   start_step: the step a rewound run starts at (train.make_schedule). The
-  cache key is the spec's sorted JSON (a ConfigDict is not hashable).
+  spec is frozen into a hashable value, the cache key with the rest.
   """
-  spec_json = spec.to_json_best_effort(sort_keys=True)
-  return _train_program(model, spec_json, num_classes, num_steps, int(start_step))
+  return _train_program(model, ml_collections.FrozenConfigDict(spec), num_classes, num_steps,
+                        int(start_step))
 
 
 @functools.lru_cache(maxsize=32)
-def _train_program(model, spec_json: str, num_classes: int, num_steps: int,
-                   start_step: int) -> Program:
-  spec = ml_collections.ConfigDict(json.loads(spec_json))
+def _train_program(model, spec: ml_collections.FrozenConfigDict, num_classes: int,
+                   num_steps: int, start_step: int) -> Program:
   tx = train.make_optimizer(spec, num_steps, start_step)
 
   def init(init_key, aug_key, image):
