@@ -45,7 +45,7 @@ def _load_json(path: str) -> Any:
     return json.load(f)
 
 
-def _diff(a: Any, b: Any, where: str, roots: Tuple[str, str]) -> List[str]:
+def _diff(a: Any, b: Any, where: str, roots) -> List[str]:
   """Differences between two JSON values, ignoring timings and workdir paths."""
   if isinstance(a, dict) and isinstance(b, dict):
     out = [f"{where}: key {k!r} only on one side" for k in sorted(set(a) ^ set(b))
@@ -59,8 +59,15 @@ def _diff(a: Any, b: Any, where: str, roots: Tuple[str, str]) -> List[str]:
       return [f"{where}: {len(a)} against {len(b)} entries"]
     return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{where}[{i}]", roots)]
   if isinstance(a, str) and isinstance(b, str):
-    a, b = a.replace(roots[0], "WORKDIR"), b.replace(roots[1], "WORKDIR")
+    a, b = _unrooted(a, roots[0]), _unrooted(b, roots[1])
   return [] if a == b else [f"{where}: {a!r} against {b!r}"]
+
+
+def _unrooted(text: str, root: Tuple[str, ...]) -> str:
+  """text with its workdir, absolute or as given on the command line, as WORKDIR."""
+  for form in root:
+    text = text.replace(form, "WORKDIR")
+  return text
 
 
 def _diff_npz(path_a: str, path_b: str, rel: str) -> List[str]:
@@ -73,7 +80,8 @@ def _diff_npz(path_a: str, path_b: str, rel: str) -> List[str]:
 
 def compare(workdir_a: str, workdir_b: str) -> List[str]:
   """Every difference in results between two workdirs (empty: identical)."""
-  roots = (os.path.abspath(workdir_a), os.path.abspath(workdir_b))
+  # A run records paths under its workdir as main.py was given it.
+  roots = tuple((os.path.abspath(w), os.path.normpath(w)) for w in (workdir_a, workdir_b))
   files_a, files_b = set(_results(workdir_a)), set(_results(workdir_b))
   out = [f"{rel}: only in {workdir_a if rel in files_a else workdir_b}"
          for rel in sorted(files_a ^ files_b)]
