@@ -232,7 +232,7 @@ def run(program: Program, copy: Copy, mask, end: int, *, log_every: int = 0,
 
 def resume(copies: Sequence[Copy], states: PyTree) -> List[Copy]:
   """The copies continued from `states` (stacked, as run_copies returns them)."""
-  return [dataclasses.replace(c, state=jax.tree.map(lambda a, i=i: a[i], states))
+  return [dataclasses.replace(c, state=execution_lib.take(states, i))
           for i, c in enumerate(copies)]
 
 

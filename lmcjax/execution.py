@@ -77,8 +77,8 @@ def map_points(point_fn: Callable, chunk: int, execution: str) -> Callable:
 
   point_fn(args, p) returns a tree of arrays; points is a host array.
   execution 'vmapped': one jitted program, chunked_vmap over `chunk` points at
-  a time; with several local devices the points are split over them first
-  (`device_blocks`), each device mapping over its share. 'sequential': a
+  a time; with several local devices the points are padded and split over
+  them first, each device mapping over its share. 'sequential': a
   Python loop over one jitted point_fn call per point (one compile), with the
   results stacked on the device. Build it once per point_fn (under
   functools.lru_cache) so its programs compile once.
@@ -102,7 +102,7 @@ def map_points(point_fn: Callable, chunk: int, execution: str) -> Callable:
     devices = min(len(jax.local_devices()), len(points))
     if devices < 2:
       return mapped(args, points)
-    mesh = Mesh(np.asarray(jax.local_devices()[:devices]), (COPY_AXIS,))
+    mesh = _local_mesh(devices)
     pad = (-len(points)) % devices
     padded = np.concatenate([points, np.repeat(points[-1:], pad, axis=0)]) if pad else points
     blocks = jax.device_put(padded.reshape((devices, -1) + points.shape[1:]),
@@ -127,9 +127,13 @@ def copy_mesh(num_pieces: int):
   So K SGD-noise copies on a node of 8 GPUs train on 8 devices at once rather
   than each copy's batch being split eight ways.
   """
-  devices = jax.local_devices()
-  usable = devices_for(num_pieces, len(devices)) if num_pieces > 0 else 1
-  return Mesh(np.asarray(devices[:usable]), (COPY_AXIS,)) if usable > 1 else None
+  usable = devices_for(num_pieces, len(jax.local_devices())) if num_pieces > 0 else 1
+  return _local_mesh(usable) if usable > 1 else None
+
+
+def _local_mesh(num_devices: int) -> Mesh:
+  """The first num_devices local devices as a mesh over COPY_AXIS."""
+  return Mesh(np.asarray(jax.local_devices()[:num_devices]), (COPY_AXIS,))
 
 
 def shard_copies(stacked: PyTree) -> PyTree:

@@ -126,6 +126,10 @@ def test_needs_collect_what_the_configured_stages_declare():
   assert 7 in got["rewind_steps"]
   raw.stages = ("train", "imp")  # no analysis: nothing reads its rounds
   assert pipeline.needs(raw, NUM_TRAIN)["imp_rounds"] == ()
+  # Neither rounds nor targets: the analysis reads IMP's last round, and says so.
+  last = default.get_config()
+  last.analysis.rounds, last.analysis.targets = (), ()
+  assert pipeline.needs(last, NUM_TRAIN)["imp_rounds"] == (last.imp.rounds,)
 
 
 def _stage(name, depends_on=()):

@@ -39,12 +39,19 @@ def check(config) -> None:
     check_round(config, r, f"analysis.rounds entry {r!r}")
 
 
+def _target_ids(a) -> List[modelid.ModelId]:
+  """The models analysis.targets names ('source:round'; check() refuses others)."""
+  matches = (TARGET.match(str(t)) for t in a.targets)
+  return [modelid.ModelId(m.group(1), int(m.group(2))) for m in matches if m]
+
+
 def imp_rounds(config) -> Tuple[int, ...]:
   """The IMP rounds whose masks the stage reads: analysis.rounds and the rounds
-  its explicit targets name (imp.retrain_rounds='analysed' retrains them)."""
+  its explicit targets name, else IMP's last round, the one it then finds
+  (imp.retrain_rounds='analysed' retrains them)."""
   a = config.analysis
-  rounds = set(a.rounds) | {int(str(t).split(":")[1]) for t in a.targets if ":" in str(t)}
-  return tuple(sorted(rounds))
+  rounds = set(a.rounds) | {model.round for model in _target_ids(a)}
+  return tuple(sorted(rounds or {config.imp.rounds}))
 
 
 def rewind_steps(config, num_train: int) -> Tuple[int, ...]:
@@ -94,8 +101,7 @@ def _targets(s, a, wd: str) -> List[modelid.ModelId]:
   """Every analysed mask: explicit targets, else every IMP source at
   analysis.rounds, else the last round of every source found."""
   if a.targets:
-    return [modelid.ModelId(src, int(r)) for src, r in (TARGET.match(t).groups()
-                                                        for t in map(str, a.targets))]
+    return _target_ids(a)
   if a.rounds:
     sources = [src for src in imp.SOURCES if src in s.config.imp.sources]
     return [modelid.ModelId(src, r) for src in sources for r in sorted(a.rounds)]
