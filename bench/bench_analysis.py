@@ -71,7 +71,7 @@ def report(name: str, fast: float, slow: float, fast_name: str, slow_name: str) 
 def bench_interpolation(s, a, b, repeats):
   alphas = interpolate.default_alphas(31)
   x, y = s.x_test, s.y_test
-  vmapped = lambda: interpolate.evaluate_path(s.model, a, b, alphas, x, y, alpha_chunk=8)["loss"]
+  vmapped = lambda: interpolate.evaluate_path(s.model, a, b, alphas, x, y, chunk_alphas=8)["loss"]
   evaluate = train.make_eval_fn(s.model, s.config.eval_batch_size)
   one = jax.jit(lambda alpha: evaluate(interpolate.interpolate(a["params"], b["params"], alpha),
                                        {}, x, y)["loss"])

@@ -131,7 +131,7 @@ def bench_interpolation(model, ends, x, y):
   alphas = interpolate.default_alphas(FLAGS.alphas)
   a, b = ({"params": p, "batch_stats": {}} for p in ends)
   run = lambda execution: lambda: interpolate.evaluate_path(
-      model, a, b, alphas, x, y, eval_batch_size=FLAGS.eval_batch, alpha_chunk=8,
+      model, a, b, alphas, x, y, eval_batch_size=FLAGS.eval_batch, chunk_alphas=8,
       execution=execution)["loss"]
   report(f"interpolation, {FLAGS.alphas} alphas, {x.shape[0]} images", "alpha", (FLAGS.alphas,) * 2,
          {"old": run("vmapped"), "new": run("auto")}, FLAGS.repeats)

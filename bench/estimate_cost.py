@@ -150,7 +150,7 @@ def analysis_counts(config, n_train: int, n_test: int, num_classes: int, num_par
   grid = sum(a.landscape.resolution ** (1 if kind == "random_1d" else 2)
              for kind in a.landscape.kinds) * size[a.landscape.split]
   h = a.hessian
-  hess_batch = h.batch_size * h.num_batches if h.num_batches else size[h.split]
+  hess_batch = h.batch_size_examples * h.num_batches if h.num_batches else size[h.split]
   # An HVP is a forward-over-backward, ~2 train steps; the GGN diagonal one
   # backward pass per class; Lanczos at most lanczos_iters HVPs for the net
   # and for each kernel block (3 kernels, as LeNet-300-100: an assumption);

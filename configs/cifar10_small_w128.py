@@ -21,10 +21,10 @@ def get_config():
   a = config.analysis
   a.rounds = (1, 3, 5, 7, 9)  # 20% to 87% sparse
   config.imp.rounds = 9
-  a.alpha_chunk = 8
+  a.chunk_alphas = 8
   # 32 grid points x 1,000 images of 32x32x128 activations made an ~90 GiB
   # program on an H100 (XLA's rematerialisation warning); 8 fits well.
-  a.landscape.update(resolution=21, chunk=8)
+  a.landscape.update(resolution=21, chunk_points=8)
   a.instability.rewind_epochs = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
   config.sweep.axes = (("seeds.init", (0, 1, 2, 3, 4)),)
   return config

@@ -128,6 +128,18 @@ def stage_seconds(summary: Dict[str, Any], stages: Sequence[str]) -> str:
   return logs.markdown_table(["stage", "wall seconds", "resumed"], rows) if rows else ""
 
 
+def measure_tables(workdir: str, analysis: Dict[str, Any]) -> Tables:
+  """Each registered measure's report section (measures.Report.lines), as
+  report.md has it, less its figures (their paths are the run's)."""
+  from lmcjax.analysis import measures  # pylint: disable=import-outside-toplevel
+  tables: Tables = []
+  for _, part in measures.reports(workdir, analysis):
+    if part.lines:
+      body = [line for line in part.lines[1:] if not line.startswith("![")]
+      tables.append((part.lines[0].lstrip("# "), "\n\n".join(body)))
+  return tables
+
+
 def run_tables(workdir: str) -> Tables:
   """The tables of one run's workdir, in the order of its report.md."""
   results = logs.read_json(os.path.join(workdir, "results.json"))
@@ -152,6 +164,7 @@ def run_tables(workdir: str) -> Tables:
     tables.append(("Instability vs rewind point", report.instability_table(results["instability"])))
   if "imp" in summary:
     tables.append(("Data cost of finding the masks", report.data_cost_text(summary["imp"])))
+  tables += measure_tables(workdir, summary.get("analysis", {}))
   stages = logs.read_json(os.path.join(workdir, "config.json")).get("stages") or list(summary)
   tables.append(("Stage times", stage_seconds(summary, stages)))
   return [(h, body) for h, body in tables if body]

@@ -2,8 +2,12 @@
 
   python launch/aggregate.py --workdir ROOT [--columns=test_accuracy,barrier]
 
-Unfinished and missing jobs are listed with their status; the command fails
-only when ROOT holds no job at all.
+Unfinished and missing jobs are listed with their status. The finished jobs
+are then pooled: over seeds (ROOT/pooled.md) when they differ only in seeds.*,
+or per value of the one other axis they differ in (ROOT/dose_response.md: the
+barrier and the distilled set's accuracy against that axis, and the barrier
+against the set's accuracy). The command fails when ROOT holds no job at all,
+and, after writing aggregate.md, when the jobs differ in two non-seed axes.
 """
 import os
 import sys

@@ -9,6 +9,11 @@ Jobs come from ROOT/sweep.json (written by every sweep job) and from any
 subdirectory holding a summary or config, so a job that never started is
 reported 'missing' and one that was killed midway 'unfinished'; neither
 stops the merge.
+
+Then the finished jobs are pooled: over seeds when they differ in seed axes
+only (lmcjax/pooled.py), per value of the one non-seed axis they differ in
+otherwise (lmcjax/dose_response.py). Jobs differing in two non-seed axes are
+refused, after aggregate.{json,md} are written.
 """
 import math
 import os
@@ -16,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lmcjax import dose_response
 from lmcjax import logs
 from lmcjax import pooled
 from lmcjax import sweep
@@ -180,17 +186,29 @@ def aggregate(root: str, patterns: Sequence[str] = ()) -> List[Record]:
   records = collect(root)
   logs.write_json(os.path.join(root, "aggregate.json"), records)
   logs.write_text(os.path.join(root, "aggregate.md"), markdown(root, records, patterns))
-  _pool_replicates(root, records)
+  _pool(root, records)
   return records
 
 
-def _pool_replicates(root: str, records: Sequence[Record]) -> None:
-  """pooled.study over finished jobs that differ only in seeds.* (the first such
-  group when other axes vary too)."""
+def varying_axes(records: Sequence[Record]) -> List[str]:
+  """The non-seed override columns whose value differs between the records."""
+  return [c for c in override_columns(records) if not c.startswith(SEED_PREFIX)
+          and len({repr(r.get(c)) for r in records}) > 1]
+
+
+def _pool(root: str, records: Sequence[Record]) -> None:
+  """Pools the finished jobs over seeds (pooled.study), or per value of the one
+  non-seed axis they differ in (dose_response.study); two such axes are one line."""
   done = [r for r in records if r["status"] == DONE]
-  others = [c for c in override_columns(done) if not c.startswith(SEED_PREFIX)]
-  groups: Dict[Tuple[str, ...], List[Record]] = {}
-  for r in done:
-    groups.setdefault(tuple(_cell(r.get(c)) for c in others), []).append(r)
-  if len(groups) == 1:
-    pooled.study(root, next(iter(groups.values())))
+  if not done:
+    return
+  axes = varying_axes(done)
+  if len(axes) > 1:
+    raise validate.InputError(
+        f"the finished jobs differ in {len(axes)} non-seed axes, {', '.join(axes[:-1])} and "
+        f"{axes[-1]}: pooling groups jobs by one axis (seeds pooled within), so pool each "
+        "slice from its own root; aggregate.json and aggregate.md are written")
+  if axes:
+    dose_response.study(root, done, axes[0])
+  else:
+    pooled.study(root, done)

@@ -1,19 +1,22 @@
 """The IMP stage: iterative magnitude pruning with rewinding, per mask source.
 
-For each source in config.imp.sources, round k = 0..R (none when R = 0):
+Each source's properties (which data finds its masks, whether it draws them)
+are declared in lmcjax/mask_sources.py. For each source in config.imp.sources,
+round k = 0..R (none when R = 0):
   1. start from the rewind point theta_j (step j of the dense run), masked by
      mask_k (round 0 is dense);
-  2. distilled rounds: train on the distilled set (the run whose weights are
-     pruned), a whole config.imp.distilled_train run from theta_j;
+  2. small-set rounds: train on the source's small set (the distilled set, or
+     the real images it started from), a whole config.imp.distilled_train run
+     from theta_j, the run whose weights are pruned;
   3. retrain on real data with config.train and evaluate: accuracy at sparsity
      1 - 0.8^k. In real-data rounds this run is also the one that is pruned.
      Round 0 is the dense run itself (lmcjax.dense: trained once, by the train
      stage), as in open_lth. With imp.rewind_schedule='continue' (Frankle et
      al.) rounds k >= 1 train the remaining T - j steps with the schedule
      continued at j; 'restart' trains a whole T-step run from theta_j.
-     imp.retrain_rounds='analysed' retrains the distilled and random sources
-     only at the rounds the analysis stage reads ('none': never), so finding
-     R distilled masks costs R distilled trainings;
+     imp.retrain_rounds='analysed' retrains the sources whose masks come from
+     a small set or a draw only at the rounds the analysis stage reads
+     ('none': never), so finding R distilled masks costs R distilled trainings;
   4. prune the trained weights to mask_{k+1} (random source: draw it).
 
 Every artefact lives where lmcjax.workdir says: the rewind point, each round's
@@ -33,6 +36,7 @@ from lmcjax import checkpoints
 from lmcjax import dense
 from lmcjax import logs
 from lmcjax import mask_costs
+from lmcjax import mask_sources
 from lmcjax import masks
 from lmcjax import plots
 from lmcjax import progress
@@ -46,16 +50,12 @@ from lmcjax import workdir as layout
 from lmcjax.stages import base
 
 PyTree = Any
-# Also the run order: 'random' draws its masks from the real source's masks.
-SOURCES = ("real", "distilled", "combined", "random")
+# The declared sources in run order (lmcjax/mask_sources.py).
+SOURCES = mask_sources.NAMES
 RETRAIN_ROUNDS = ("all", "analysed", "none")
 RESULTS_FILE = "imp.jsonl"
 PLOT_STEM = "accuracy_vs_sparsity"
 # ---------------------------------------------------------------- config
-
-
-def _uses_distilled(c) -> bool:
-  return "distilled" in c.sources or ("combined" in c.sources and c.combined_distilled_rounds > 0)
 
 
 def check_config(config) -> None:
@@ -63,7 +63,7 @@ def check_config(config) -> None:
   c = config.imp
   validate.require(len(c.sources) > 0, "imp.sources is empty")
   for source in c.sources:
-    validate.choice("imp.sources entry", source, SOURCES)
+    validate.choice("imp.sources entry", source, mask_sources.NAMES)
   validate.require(len(set(c.sources)) == len(c.sources),
                    f"imp.sources {tuple(c.sources)} repeats a source")
   validate.require(isinstance(c.rounds, int) and c.rounds >= 0,
@@ -84,10 +84,13 @@ def check_config(config) -> None:
                    f"imp.retrain_rounds={c.retrain_rounds!r} needs imp.rewind_non_prunable=True: "
                    "the partial rewind carries each round's retrained variables over")
   validate.non_negative("imp.combined_distilled_rounds", c.combined_distilled_rounds)
-  if _uses_distilled(c):
+  small_sets = mask_sources.small_sets_used(c)
+  if small_sets:
     train.check_spec(c.distilled_train, "imp.distilled_train")
     if c.distilled_path:
       synthetic.load(c.distilled_path)  # existence and format; shape/classes need the dataset
+  for name in small_sets:
+    mask_sources.SMALL_SETS[name].check(config)
 
 
 def rewind_step(config, num_train: int) -> int:
@@ -109,21 +112,19 @@ def retrained_rounds(config) -> Tuple[int, ...]:
 
 
 def retrains(config, source: str, k: int) -> bool:
-  """Whether round k of `source` is trained on real data (see the module doc)."""
+  """Whether round k of `source` is trained on real data (see the module doc):
+  always where that run is the one pruned."""
   c = config.imp
-  if source == "real" or k == 0 or c.retrain_rounds == "all":
+  if (k == 0 or c.retrain_rounds == "all" or mask_sources.get(source).always_retrains
+      or mask_sources.prunes_real_data(c, source, k)):
     return True
   return c.retrain_rounds == "analysed" and k in retrained_rounds(config)
 
 
-def _ordered_sources(c) -> Tuple[str, ...]:
-  return tuple(s for s in SOURCES if s in c.sources)
-
-
 def _distilled_rounds(c, source: str) -> int:
-  """How many rounds (from round 0) of `source` find their mask on distilled data."""
-  rounds = {"distilled": c.rounds, "combined": min(c.combined_distilled_rounds, c.rounds)}
-  return rounds.get(source, 0)
+  """How many rounds (from round 0) of `source` find their mask on its small
+  set (the distilled set or its starting images: the same size)."""
+  return mask_sources.small_set_rounds(c, source)
 
 
 # ---------------------------------------------------------------- rewinding
@@ -159,7 +160,7 @@ def load_rewind(s: runtime.Setup, workdir: str) -> Tuple[PyTree, PyTree]:
 
 def load_mask(s: runtime.Setup, workdir: str, source: str, round_index: int) -> PyTree:
   """Mask of `source` at round k (sparsity ~1 - 0.8^k); errors if missing or mismatched."""
-  validate.choice("mask source", source, SOURCES)
+  mask_sources.get(source)
   tree = checkpoints.load_tree(layout.mask(workdir, source, round_index), s.init_params,
                                what=f"{source} round {round_index} mask")
   return jax.tree.map(jnp.asarray, tree)
@@ -176,26 +177,29 @@ def _ensure_rewind(s: runtime.Setup, workdir: str, step: int, log) -> Dict[str, 
 # ---------------------------------------------------------------- one source
 
 
-def _random_reference(c) -> str:
-  return "real" if "real" in c.sources else "global"
-
-
 def _marker(workdir: str, source: str, k: int) -> str:
   return os.path.join(layout.round_dir(workdir, source, k), "result.json")
 
 
 def _distilled_final(workdir: str, source: str, k: int) -> str:
-  """Variables trained on the distilled set in round k, kept for the partial rewind."""
+  """Variables trained on the small set in round k, kept for the partial rewind."""
   return os.path.join(layout.round_dir(workdir, source, k), "distilled_final")
+
+
+# The kind (seed path and checkpoint folder) of a small-set run. Every small
+# set trains under the same one, so 'subset' sees the batch order and
+# augmentation draws 'distilled' sees and differs from it in the images only.
+SMALL_SET_RUN = "distilled"
 
 
 class _SourceRun:
   """IMP for one mask source: rounds 0..R, resumable round by round."""
 
-  def __init__(self, s, workdir, source, rewind, rewind_at, distilled, log):
+  def __init__(self, s, workdir, source, rewind, rewind_at, small_sets, log):
     self.s, self.c, self.workdir, self.source = s, s.config.imp, workdir, source
-    self.rewind, self.distilled, self.log = rewind, distilled, log
-    self.distilled_rounds = _distilled_rounds(self.c, source)
+    self.declared = mask_sources.get(source)
+    self.rewind, self.small, self.log = rewind, small_sets.get(self.declared.small_set), log
+    self.small_rounds = mask_sources.small_set_rounds(self.c, source)
     self.retrain_start = dense.start_step(self.c.rewind_schedule, rewind_at)
 
   def mask(self, k: int) -> PyTree:
@@ -206,12 +210,13 @@ class _SourceRun:
   def next_mask(self, k: int, trained: Optional[runtime.RunResult], mask: PyTree) -> PyTree:
     """mask_{k+1} from round k's trained weights (or a random draw)."""
     c, prunable = self.c, self.s.prunable
-    if self.source != "random":
+    if not self.declared.random:
       scores = pruning.magnitude_scores(trained.state.params)
       return pruning.prune(scores, mask, prunable, c.prune_fraction, c.method)
     key = rng.named_key(self.s.config.seeds.init, "random_mask", k + 1)
-    if _random_reference(c) == "real":
-      reference = load_mask(self.s, self.workdir, "real", k + 1)
+    reference_source = mask_sources.random_reference(c, self.source)
+    if reference_source:
+      reference = load_mask(self.s, self.workdir, reference_source, k + 1)
       return pruning.random_with_layer_counts(key, reference, prunable)
     return pruning.prune(pruning.random_scores(key, self.s.init_params), mask, prunable,
                          c.prune_fraction, c.method)
@@ -240,23 +245,23 @@ class _SourceRun:
     """Trains round k, saves its final variables and mask_{k+1}; returns its marker."""
     mask = self.mask(k)
     finds_mask = k < self.c.rounds
-    distilled_run = None
-    if finds_mask and k < self.distilled_rounds:
-      distilled_run = self.train(self.c.distilled_train, carry, mask, k, "distilled",
-                                 self.distilled["images"], self.distilled["labels"])
+    small_run = None
+    if finds_mask and k < self.small_rounds:
+      small_run = self.train(self.c.distilled_train, carry, mask, k, SMALL_SET_RUN,
+                             self.small["images"], self.small["labels"])
       if not self.c.rewind_non_prunable:
         checkpoints.save_tree(_distilled_final(self.workdir, self.source, k),
-                              _variables(distilled_run))
+                              _variables(small_run))
     result = self.retrain(carry, mask, k)
     if result is not None:
       checkpoints.save_tree(layout.final_params(self.workdir, self.source, k), _variables(result))
     prune_cost = None
     if finds_mask:
-      pruned_run = distilled_run or result
+      pruned_run = small_run or result
       new_mask = self.next_mask(k, pruned_run, mask)
       checkpoints.save_tree(layout.mask(self.workdir, self.source, k + 1), new_mask)
-      if self.source != "random":
-        prune_cost = dict(pruned_run.cost, data="distilled" if distilled_run else "real")
+      if not self.declared.random:
+        prune_cost = dict(pruned_run.cost, data=self.declared.small_set if small_run else "real")
     report = masks.sparsity_report(mask, self.s.prunable)
     retrained = result is not None
     return {"source": self.source, "round": k, "sparsity": report["sparsity"],
@@ -265,8 +270,8 @@ class _SourceRun:
             "test_loss": result.test["loss"] if retrained else None,
             "num_test": int(self.s.x_test.shape[0]),
             **(result.cost if retrained else train.data_cost(0, 1, 0)), "prune_run": prune_cost,
-            # How well the net trained on distilled data alone does (before retraining).
-            "distilled_test_accuracy": distilled_run.test["accuracy"] if distilled_run else None,
+            # How well the net trained on the small set alone does (before retraining).
+            "distilled_test_accuracy": small_run.test["accuracy"] if small_run else None,
             "layer_sparsity": {n: layer["sparsity"] for n, layer in report["layers"].items()}}
 
   def carry(self, k: int) -> Optional[Dict[str, PyTree]]:
@@ -274,7 +279,7 @@ class _SourceRun:
     if self.c.rewind_non_prunable:
       return None
     like = _variables_like(self.s)
-    if k < self.distilled_rounds and k < self.c.rounds:
+    if k < self.small_rounds and k < self.c.rounds:
       return checkpoints.load_tree(_distilled_final(self.workdir, self.source, k), like)
     return checkpoints.load_tree(layout.final_params(self.workdir, self.source, k), like)
 
@@ -311,21 +316,37 @@ def _variables(result: runtime.RunResult) -> Dict[str, PyTree]:
 # ---------------------------------------------------------------- the stage
 
 
-def _load_distilled(s: runtime.Setup, workdir: str) -> Dict[str, Any]:
-  """The distilled set as device arrays, checked against the real dataset."""
-  path = synthetic.stage_path(workdir, s.config.imp.distilled_path)
-  images, labels, _ = synthetic.load_decoded(path, s.dataset)
-  return {"path": path, "images": images, "labels": labels, "num_images": int(images.shape[0])}
+def _load_small_sets(s: runtime.Setup, workdir: str) -> Dict[str, Dict[str, Any]]:
+  """Every small set the configured sources train on, as decoded device arrays,
+  checked against the real dataset (and the starting images against the set)."""
+  distilled_path = synthetic.stage_path(workdir, s.config.imp.distilled_path)
+  out = {}
+  for name in mask_sources.small_sets_used(s.config.imp):
+    small = mask_sources.SMALL_SETS[name]
+    images, labels = synthetic.decoded(*small.load(distilled_path, s.dataset))
+    out[name] = {"path": small.path(distilled_path), "images": images, "labels": labels,
+                 "num_images": int(images.shape[0])}
+  return out
+
+
+def _random_masks(c) -> Optional[str]:
+  """How the configured random source draws its masks, in words (None: no such source)."""
+  drawn = [name for name in c.sources if mask_sources.get(name).random]
+  if not drawn:
+    return None
+  reference = mask_sources.random_reference(c, drawn[0])
+  return (f"per-layer counts of the {reference} masks" if reference
+          else f"{c.method} random pruning")
 
 
 def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
   """Runs IMP for every configured source; writes DIR/imp/imp.jsonl and the plot."""
   c = s.config.imp
   step = rewind_step(s.config, int(s.x_train.shape[0]))
-  distilled = _load_distilled(s, workdir) if _uses_distilled(c) else None
+  small_sets = _load_small_sets(s, workdir)
   rewind = _ensure_rewind(s, workdir, step, log)
-  markers_by_source = {source: _SourceRun(s, workdir, source, rewind, step, distilled, log).run()
-                       for source in _ordered_sources(c)}
+  markers_by_source = {source: _SourceRun(s, workdir, source, rewind, step, small_sets, log).run()
+                       for source in mask_sources.ordered(c.sources)}
   rows_by_source = {source: mask_costs.results_rows(m)
                     for source, m in markers_by_source.items()}
   rows = [r for source in rows_by_source for r in rows_by_source[source]]
@@ -335,10 +356,10 @@ def run_stage(s: runtime.Setup, workdir: str, log: logs.MetricsLog) -> Dict[str,
   return {
       "rewind_step": step, "rewind_schedule": c.rewind_schedule, "rounds": c.rounds,
       "method": c.method, "retrain_rounds": c.retrain_rounds,
-      "random_masks": (None if "random" not in c.sources else
-                       "per-layer counts of the real masks" if _random_reference(c) == "real"
-                       else f"{c.method} random pruning"),
-      "distilled_set": distilled["path"] if distilled else None,
+      "random_masks": _random_masks(c),
+      "distilled_set": (synthetic.stage_path(workdir, c.distilled_path) if small_sets
+                        else None),
+      "small_sets": {name: small["path"] for name, small in small_sets.items()},
       "accuracy": {src: [[round(r["sparsity"], 4), r["test_accuracy"]] for r in rows_by_source[src]
                          if r["retrained"]] for src in rows_by_source},
       "data_cost": mask_costs.cost_summary(markers_by_source),

@@ -1,17 +1,22 @@
 """What finding IMP's masks cost in data: examples seen and distinct examples per source.
 
 The paper's claim that distilled IMP needs "N x fewer training points" is
-real_over_distilled in cost_summary; imp.jsonl carries each round's cost.
+real_over_distilled in cost_summary (real_over_SOURCE for every source that
+prunes on a small set, lmcjax/mask_sources.py); imp.jsonl carries each
+round's cost.
 """
 from typing import Any, Dict, List, Tuple
+
+from lmcjax import mask_sources
 
 
 def per_round(markers: List[Dict[str, Any]]) -> List[Tuple[int, int]]:
   """(examples seen, distinct examples) spent finding mask_k, for k = 0..len(markers).
 
   Sums the runs pruned in rounds < k. Distinct points add up over datasets
-  (real, distilled), taking per dataset the most one run used: exact when
-  every run covers its dataset at least once, as IMP's runs do.
+  (real, or a small set: distilled, starting images), taking per dataset the
+  most one run used: exact when every run covers its dataset at least once, as
+  IMP's runs do.
   """
   seen, distinct, out = 0, {}, []
   for m in markers:
@@ -34,19 +39,27 @@ def results_rows(markers: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
   return rows
 
 
+def ratio_key(source: str) -> str:
+  """cost_summary's key of real IMP's cost over `source`'s ('real_over_distilled')."""
+  return f"real_over_{source}"
+
+
 def cost_summary(markers_by_source: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
   """Per source: the data that finding all its masks took, and what retraining took.
 
-  real_over_distilled is the paper's "N x fewer training points" factor.
+  real_over_SOURCE, for each source that prunes on a small set, is the paper's
+  "N x fewer training points" factor (real_over_distilled).
   """
   out = {}
   for source, markers in markers_by_source.items():
     seen, distinct = per_round(markers)[-1]
     out[source] = {"mask_examples_seen": seen, "mask_distinct_examples": distinct,
                    "retrain_examples_seen": sum(m["examples_seen"] for m in markers)}
-  if "real" in out and "distilled" in out and out["distilled"]["mask_examples_seen"]:
-    real, dist = out["real"], out["distilled"]
-    out["real_over_distilled"] = {
-        "examples_seen": real["mask_examples_seen"] / dist["mask_examples_seen"],
-        "distinct_examples": real["mask_distinct_examples"] / dist["mask_distinct_examples"]}
+  real = out.get("real")
+  for source in markers_by_source:
+    small = out[source]
+    if real and mask_sources.get(source).small_set and small["mask_examples_seen"]:
+      out[ratio_key(source)] = {
+          "examples_seen": real["mask_examples_seen"] / small["mask_examples_seen"],
+          "distinct_examples": real["mask_distinct_examples"] / small["mask_distinct_examples"]}
   return out

@@ -45,7 +45,7 @@ def _subplots(figsize: Tuple[float, float], rows: int = 1, cols: int = 1, **kwar
 # colour in every figure of a run, whichever sources a figure shows and in which
 # order, so a reader matches lines across figures by colour alone.
 _SOURCE_COLOURS = {"dense": "#000000", "real": "#0072B2", "distilled": "#D55E00",
-                   "combined": "#009E73", "random": "#999999"}
+                   "subset": "#CC79A7", "combined": "#009E73", "random": "#999999"}
 # Sources without a fixed colour get one of these by a stable hash of the name
 # (the same in every figure and process; two such sources may share one).
 _OTHER_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#882255", "#44AA99")
@@ -160,7 +160,7 @@ def plot_interpolation(stem: str, curves: List[Dict[str, Any]], metric: str = "e
 
 
 def draw_ci_lines(series: Dict[str, List[Dict[str, float]]], xlabel: str, ylabel: str,
-                  title: str = "", scale: float = 100.0):
+                  title: str = "", scale: float = 100.0, xticklabels: Sequence[str] = ()):
   """The figure of plot_ci_lines, not saved."""
   fig, ax = _subplots((5.5, 4))
   styles = _line_styles(list(series))
@@ -174,6 +174,8 @@ def draw_ci_lines(series: Dict[str, List[Dict[str, float]]], xlabel: str, ylabel
     err = scale * np.abs(np.asarray([[r["estimate"] - r["low"], r["high"] - r["estimate"]]
                                      for r in rows]).T)
     ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, **styles[label])
+  if xticklabels:  # a categorical axis: x = 0, 1, ... name the categories
+    ax.set_xticks(range(len(xticklabels)), list(xticklabels))
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.axhline(0, color="grey", lw=0.5)
@@ -186,18 +188,19 @@ def draw_ci_lines(series: Dict[str, List[Dict[str, float]]], xlabel: str, ylabel
 
 def plot_ci_lines(stem: str, series: Dict[str, List[Dict[str, float]]], xlabel: str,
                   ylabel: str, title: str = "", scale: float = 100.0,
-                  save_numbers: bool = True) -> str:
+                  save_numbers: bool = True, xticklabels: Sequence[str] = ()) -> str:
   """One line per series with 95% CI error bars, coloured by mask source.
 
   series: {label: [{'x', 'estimate', 'low', 'high'}]}, labels being sources or
   model names ('real', 'real_r05'); values are scaled by `scale` (fractions
-  to percent). save_numbers=False when the caller keeps richer numbers in
+  to percent). xticklabels names the x values 0, 1, ... of a categorical axis.
+  save_numbers=False when the caller keeps richer numbers in
   STEM.json itself.
   """
   if save_numbers:
     logs.write_json(stem + ".json", {"xlabel": xlabel, "ylabel": ylabel, "scale": scale,
                                      "series": series})
-  return _save(draw_ci_lines(series, xlabel, ylabel, title, scale), stem)
+  return _save(draw_ci_lines(series, xlabel, ylabel, title, scale, xticklabels), stem)
 
 
 def plot_instability(stem: str, curves: Dict[str, List[Dict[str, Any]]], split: str) -> str:

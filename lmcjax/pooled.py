@@ -26,6 +26,14 @@ def _results(root: str, job: Record) -> Record:
   return logs.read_json(path) if os.path.exists(path) else {}
 
 
+def per_seed_results(root: str, jobs: Sequence[Record]) -> Dict[Any, Record]:
+  """{seed: DIR/results.json} of the jobs whose analysis measured barriers, keyed by
+  the seed the analysis recorded (config.seeds.init), not by the job name."""
+  results = [_results(root, job) for job in jobs]
+  return {res["barriers"][0].get("seed", i): res for i, res in enumerate(results)
+          if res.get("barriers")}
+
+
 def _by_seed(rows: Sequence[Tuple[Any, Record]], key) -> Dict[Any, Dict[Any, List[Record]]]:
   """{key(record): {seed: [records]}} over (seed, record) rows."""
   out: Dict[Any, Dict[Any, List[Record]]] = {}
@@ -97,10 +105,7 @@ def _accuracy_table(barriers: List[Record]) -> str:
 
 def study(root: str, jobs: Sequence[Record]) -> Dict[str, Any]:
   """Pools the finished jobs; writes ROOT/pooled.{json,md} and figures. {} if nothing to pool."""
-  results = [_results(root, job) for job in jobs]
-  # The seed each job's analysis recorded (config.seeds.init), not the job name.
-  per_seed = {res["barriers"][0].get("seed", i): res for i, res in enumerate(results)
-              if res.get("barriers")}
+  per_seed = per_seed_results(root, jobs)
   if not per_seed:
     return {}
   barriers = pooled_barriers(per_seed)

@@ -9,9 +9,12 @@ from typing import Any, Callable, Dict, List
 
 from lmcjax import imp
 from lmcjax import logs
+from lmcjax import mask_costs
+from lmcjax import mask_sources
 from lmcjax import modelid
 from lmcjax import runtime
 from lmcjax import stats
+from lmcjax import validate
 from lmcjax import workdir as layout
 from lmcjax.stages import base
 
@@ -42,7 +45,11 @@ def accuracy_table(records: List[Dict[str, Any]]) -> str:
     by_round.setdefault(r["round"], {"sparsity": r["sparsity"]})[r["source"]] = cell
   rows = [[k, f"{100 * v['sparsity']:.1f}%"] + [v.get(s, "not retrained") for s in sources]
           for k, v in sorted(by_round.items())]
-  return logs.markdown_table(["round", "sparsity"] + [f"{s} acc % [95% CI]" for s in sources], rows)
+  legend = "; ".join(f"{s}: {mask_sources.get(s).description}" for s in sources)
+  return (logs.markdown_table(["round", "sparsity"] + [f"{s} acc % [95% CI]" for s in sources],
+                              rows) + (f"\n\nMask sources: {legend}." if legend else ""))
+
+
 def data_cost_records(imp_summary: Dict[str, Any]) -> List[Dict[str, Any]]:
   cost = imp_summary.get("data_cost", {})
   return [{"source": src, **{k: v for k, v in c.items() if not isinstance(v, dict)}}
@@ -56,11 +63,12 @@ def data_cost_text(imp_summary: Dict[str, Any]) -> str:
   keys = sorted({k for r in records for k in r if k != "source"})
   table = logs.markdown_table(["source"] + keys, [[r["source"]] + [r.get(k, "") for k in keys]
                                              for r in records])
-  ratio = imp_summary.get("data_cost", {}).get("real_over_distilled")
-  if isinstance(ratio, dict):
-    ratio_text = "; ".join(f"{k}: {v:.1f}x" for k, v in ratio.items()
-                           if isinstance(v, (int, float)))
-    table += f"\n\nReal IMP over distilled IMP (finding the masks): {ratio_text}."
+  for r in records:
+    ratio = imp_summary["data_cost"].get(mask_costs.ratio_key(r["source"]))
+    if isinstance(ratio, dict):
+      ratio_text = "; ".join(f"{k}: {v:.1f}x" for k, v in ratio.items()
+                             if isinstance(v, (int, float)))
+      table += f"\n\nReal IMP over {r['source']} IMP (finding the masks): {ratio_text}."
   return table
 
 
@@ -102,16 +110,32 @@ def start_text(start: Dict[str, Any]) -> str:
   return f"from step {start['dense_step']} of the dense run ({how})"
 
 
+# The two barrier definitions (lmcjax/interpolate.py), as every table names them.
+BARRIER_DEFINITIONS = (
+    "'endpoint mean': max over alpha of the curve minus the mean of its two endpoints "
+    "(Frankle et al. 2020); 'chord': max over alpha of the curve minus the straight line "
+    "between its endpoints (Entezari et al. 2022). Both are >= 0 and differ by at most half "
+    "the endpoints' gap, which the first reports even on a straight path")
+
+
 def barrier_table(records: List[Dict[str, Any]]) -> str:
-  """Error barrier with its 95% CI and counts, branch accuracy with its CI."""
+  """The error barrier in both definitions, each with its 95% CI and counts; the
+  largest pair's and the loss barriers' means; the copies' accuracy with its CI.
+  A record written before the chord definition shows it as 'n/a'."""
+  def ci(r, key):
+    return stats.format_ci(r[key]) if r.get(key) else "n/a"
+
   def row(r):
-    acc = stats.format_ci(r["test_accuracy_ci"])
+    chord = r.get("loss_barrier_chord_mean")
     return [r["model"], f"{100 * (r['sparsity'] or 0):.1f}%", r["measured_on"],
-            stats.format_ci(r["error_barrier_ci"]),
-            f"{100 * r['error_barrier_max']:.2f}", f"{r['loss_barrier_mean']:.3g}", acc]
-  return logs.markdown_table(["model", "sparsity", "split/BN", "error barrier % [95% CI]",
-                         "max pair %", "loss barrier (mean)", "copies' test acc % [95% CI]"],
-                        [row(r) for r in records])
+            ci(r, "error_barrier_ci"), ci(r, "error_barrier_chord_ci"),
+            f"{100 * r['error_barrier_max']:.2f}", f"{r['loss_barrier_mean']:.3g}",
+            "n/a" if chord is None else f"{chord:.3g}", ci(r, "test_accuracy_ci")]
+  return logs.markdown_table(
+      ["model", "sparsity", "split/BN", "error barrier % [95% CI] (endpoint mean)",
+       "error barrier % [95% CI] (chord)", "max pair % (endpoint mean)",
+       "loss barrier, mean (endpoint mean)", "loss barrier, mean (chord)",
+       "copies' test acc % [95% CI]"], [row(r) for r in records])
 
 
 def _pairs_by_seed(record: Dict[str, Any]) -> Dict[Any, List[float]]:
@@ -244,16 +268,19 @@ def _barrier_section(workdir: str, analysis: Dict[str, Any], records) -> List[st
   comparisons = source_comparisons(records)
   lines = ["## Error barriers between SGD-noise copies",
            f"Copies start {start_text(analysis.get('start', {}))} under the same mask and "
-           "differ only in data order and augmentation; barrier = max over alpha of the error "
-           "minus the mean endpoint error (Frankle et al. 2020). One workdir is one init "
-           "seed: each CI is a bootstrap over the pairs, which share copies (3 copies give 3 "
-           "pairs), so it is too narrow; pool seeds with launch/aggregate.py.",
+           "differ only in data order and augmentation. Barriers in two definitions, of the "
+           f"error and the loss (results.json['barriers'] holds both): {BARRIER_DEFINITIONS}. "
+           "BN 'repair' is REPAIR (Jordan et al. 2023) for nets without BatchNorm. One workdir "
+           "is one init seed: each CI is a bootstrap over the pairs, which share copies (3 "
+           "copies give 3 pairs), so it is too narrow; pool seeds with launch/aggregate.py.",
            barrier_table(records)]
   if comparisons:
     lines += ["### Mask sources compared at matched sparsity (paired differences)",
+              "Error barrier in the endpoint-mean definition, paired by init seed.",
               comparison_text(comparisons)]
   lines += _figure(workdir, "analysis/interpolation.png", "interpolation")
-  lines += _figure(workdir, "analysis/barrier_vs_sparsity.png", "barrier vs sparsity")
+  lines += _figure(workdir, "analysis/barrier_vs_sparsity.png",
+                   "error barrier (endpoint mean) vs sparsity")
   return lines
 
 
@@ -263,7 +290,8 @@ def _instability_section(workdir: str, analysis: Dict[str, Any], records) -> Lis
          if inst.get("schedule") == "continue" else "each train a whole run from there")
   return ["## Instability vs rewind point",
           f"{inst['num_copies']} copies from each rewind epoch of the dense run (masked for "
-          f"sparse models) {how}; {inst['split']} error barrier % [95% CI over pairs]:",
+          f"sparse models) {how}; {inst['split']} error barrier (endpoint mean definition) "
+          "% [95% CI over pairs]:",
           instability_table(records)] + _figure(workdir, "analysis/instability.png",
                                                 "instability vs rewind epoch")
 
@@ -283,6 +311,17 @@ def write(workdir: str, summary: Dict[str, Any]) -> Dict[str, Any]:
              "instability": instability_records(analysis),
              "versions": runtime.software_versions()}
   results["comparisons"] = source_comparisons(results["barriers"])
+  # Imported here, not at the top: reading a run's records (results.load,
+  # docs/make_tables.py) never imports the analysis package; writing the
+  # report asks each registered measure for its section.
+  from lmcjax.analysis import measures  # pylint: disable=import-outside-toplevel
+  measure_sections = []
+  for name, part in measures.reports(workdir, analysis):
+    for table, records in part.tables.items():
+      validate.require(table not in results, f"measure {name!r} writes results.json[{table!r}], "
+                       "which the report or another measure writes")
+      results[table] = records
+    measure_sections += part.lines
   # config.model is the network of train/imp/analysis; a distill-only run names its own.
   uses_model = any(stage in summary for stage in ("train", "imp", "analysis"))
   model = f", model {summary.get('model')}" if uses_model else ""
@@ -307,6 +346,7 @@ def write(workdir: str, summary: Dict[str, Any]) -> Dict[str, Any]:
   landscapes = landscape_lines(analysis, workdir)
   if landscapes:
     sections += ["## Loss landscapes"] + landscapes
+  sections += measure_sections
   if "imp" in summary:
     sections += ["## Data cost", data_cost_text(summary["imp"])]
   sections += ["## Stage times", "Wall seconds of the run that finished each stage; a resumed "

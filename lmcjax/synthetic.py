@@ -4,6 +4,11 @@ A file holds `images` (float32 NHWC, normalised with the real dataset's
 statistics, as trained on), `labels` (int32) and `meta_json` (a 0-d unicode
 array with method, ipc, dataset, mean, std, factor, model, iterations). It is
 read with allow_pickle=False.
+
+A distilled set may carry the images it started from: its meta's `starting`
+names a file beside it in the same format (the distill stage writes
+DIR/distill/starting.npz, its set before any optimisation step), which the
+IMP source 'subset' trains on.
 """
 import json
 import os
@@ -19,6 +24,7 @@ from lmcjax import validate
 from lmcjax import workdir as workdir_lib
 
 REQUIRED_META = ("method", "ipc", "dataset", "mean", "std", "factor")
+STARTING_FILE = "starting.npz"
 
 
 def save(path: str, images, labels, meta: Dict[str, Any]) -> None:
@@ -42,6 +48,49 @@ def load(path: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
   validate.require(labels.shape == (images.shape[0],),
                    f"{path}: labels shape {labels.shape} does not match {images.shape[0]} images")
   return images.astype(np.float32), labels.astype(np.int32), meta
+
+
+def save_distilled(path: str, images, labels, meta: Dict[str, Any], starting=None) -> None:
+  """Writes a distilled set and, when `starting` (its initial images) is given,
+  STARTING_FILE beside it, first, so the set's `starting` always resolves."""
+  meta = {k: v for k, v in meta.items() if k != "starting"}
+  if starting is not None:
+    start_meta = {**meta, "iterations": 0, "starting_of": os.path.basename(path)}
+    start_meta.pop("lr", None)  # a learned lr belongs to the optimised set
+    save(os.path.join(os.path.dirname(os.path.abspath(path)), STARTING_FILE), starting, labels,
+         start_meta)
+    meta["starting"] = STARTING_FILE
+  save(path, images, labels, meta)
+
+
+def starting_path(path: str) -> str:
+  """The file of the images the distilled set at `path` started from (one line if none)."""
+  _, _, meta = load(path)
+  name = meta.get("starting")
+  validate.require(bool(name), f"{path} carries no starting images (its meta names no "
+                   "'starting' file: an external set, or one distilled before the distill "
+                   "stage saved them; rerun the distill stage)")
+  start = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+  validate.require(os.path.isfile(start), f"{path} names starting images {start!r}, "
+                   "which do not exist")
+  return start
+
+
+def load_starting(path: str, dataset) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+  """The images the distilled set at `path` started from, checked against it and
+  the dataset: same labels, same stored shape, same decoding, real images."""
+  images, labels, meta = load_checked(path, dataset)
+  start = starting_path(path)
+  s_images, s_labels, s_meta = load_checked(start, dataset)
+  validate.require(s_images.shape == images.shape and np.array_equal(s_labels, labels),
+                   f"{start}: starting images {s_images.shape} do not match the distilled set "
+                   f"{path} {images.shape} image for image (shape and labels)")
+  validate.require(int(s_meta.get("factor", 1)) == int(meta.get("factor", 1)),
+                   f"{start}: factor {s_meta.get('factor', 1)} != the distilled set's "
+                   f"{meta.get('factor', 1)}")
+  validate.require(s_meta.get("init", "real") == "real", f"{start}: the distilled set started "
+                   f"from {s_meta.get('init')!r}, not from real images")
+  return s_images, s_labels, s_meta
 
 
 def check_compatible(path: str, images, labels, meta, dataset) -> None:
@@ -90,9 +139,13 @@ def load_checked(path: str, dataset) -> Tuple[np.ndarray, np.ndarray, Dict[str, 
   return images, labels, meta
 
 
+def decoded(images, labels, meta) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """A stored set as trained on: IDC-decoded device arrays."""
+  return decode_multiformation(jnp.asarray(images), jnp.asarray(labels),
+                               int(meta.get("factor", 1)))
+
+
 def load_decoded(path: str, dataset) -> Tuple[jnp.ndarray, jnp.ndarray, Dict[str, Any]]:
   """(images, labels, meta) as trained on: checked, IDC-decoded device arrays."""
   images, labels, meta = load_checked(path, dataset)
-  images, labels = decode_multiformation(jnp.asarray(images), jnp.asarray(labels),
-                                         int(meta.get("factor", 1)))
-  return images, labels, meta
+  return (*decoded(images, labels, meta), meta)

@@ -30,12 +30,12 @@ def _config():
   """sklearn digits, a 16-unit MLP, 1-epoch branches, small grids and probe counts."""
   c = conftest.digits_config(("analysis",))
   a = c.analysis
-  a.num_branches, a.branch_chunk = 3, 2
-  a.num_alphas, a.alpha_chunk = 5, 4
+  a.num_branches, a.chunk_copies = 3, 2
+  a.num_alphas, a.chunk_alphas = 5, 4
   a.eval_splits = ("test", "distilled")
   a.landscape.kinds, a.landscape.resolution = ("three_point", "random_1d"), 5
-  a.hessian.update(batch_size=100, num_batches=1, max_probes=8, probe_chunk=4, lanczos_iters=5,
-                   density_steps=5, exact_max_params=2000)
+  a.hessian.update(batch_size_examples=100, num_batches=1, max_probes=8, chunk_probes=4,
+                   lanczos_iters=5, density_steps=5, exact_max_params=2000)
   return c
 
 
@@ -133,13 +133,13 @@ def test_a_rerun_after_a_kill_reloads_the_saved_copies(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path,value,match", [
     ("num_branches", 1, "num_branches must be >= 2"),
-    ("alpha_chunk", 0, "alpha_chunk must be > 0"),
+    ("chunk_alphas", 0, "chunk_alphas must be > 0"),
     ("hessian.max_probes", 0, "max_probes must be > 0"),
-    ("hessian.probe_chunk", 0, "probe_chunk must be > 0"),
-    ("hessian.ggn_chunk", 0, "ggn_chunk must be > 0"),
+    ("hessian.chunk_probes", 0, "chunk_probes must be > 0"),
+    ("hessian.chunk_examples", 0, "chunk_examples must be > 0"),
     ("hessian.method", "newton", "hessian method"),
     ("hessian.lanczos_iters", 0, "lanczos_iters .* must be >= lanczos_k"),
-    ("landscape.chunk", 0, "landscape.chunk must be > 0"),
+    ("landscape.chunk_points", 0, "landscape.chunk_points must be > 0"),
     ("landscape.kinds", ("four_seed",), "num_branches >= 4"),
     ("targets", ("real4",), "not 'source:round'"),
     ("eval_splits", ("val",), "eval_splits entry"),
@@ -234,7 +234,7 @@ def test_instability_writes_its_curve_plot_and_numbers(tmp_path):
                                    interpolate.default_alphas(5), run.setup.x_test,
                                    run.setup.y_test, mask=run.mask(names[0]),
                                    eval_batch_size=config.eval_batch_size,
-                                   alpha_chunk=a.alpha_chunk)
+                                   chunk_alphas=a.chunk_alphas)
   assert path["error_barrier"] == data["models"]["real_r01"][1]["error_barriers"][0]
 
 

@@ -18,13 +18,14 @@ from lmcjax import execution
 
 # Trains 4 vmapped SGD-noise copies of test_engine's MLP and evaluates a
 # 7-alpha interpolation path between two of them (7 alphas: not a multiple of
-# the device count), then prints the results and where the copies lay.
+# the device count) and a Hutchinson trace (chunks of 4 probes, split over the
+# devices), then prints the results and where the copies lay.
 WORKER = """
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, "tests")
 import test_engine
-from lmcjax import engine, execution, interpolate, models
+from lmcjax import curvature, engine, execution, interpolate, models
 from lmcjax.configs.parts import model as model_part
 program, steps, make_copies = test_engine.setting("mlp")
 model = models.create(model_part.get("mlp", hidden=(16,)), test_engine.C)
@@ -33,10 +34,14 @@ ends = {"params": states.params, "batch_stats": states.batch_stats}
 a, b = execution.take(ends, 0), execution.take(ends, 1)
 x, y = test_engine.tiny_data(48)
 path = interpolate.evaluate_path(model, a, b, np.linspace(0, 1, 7), x, y,
-                                 execution="vmapped", alpha_chunk=2, eval_batch_size=16)
+                                 execution="vmapped", chunk_alphas=2, eval_batch_size=16)
 doubled = execution.map_points(lambda k, p: p * k, 2, "vmapped")(2.0, np.arange(7.0))
 assert np.array_equal(np.asarray(doubled), 2 * np.arange(7.0)), doubled
+problem = curvature.LossProblem(model, a["params"], {}, x, y, batch_size_examples=48)
+probes = curvature.hutchinson(problem, jax.random.PRNGKey(3), max_probes=8, chunk_probes=4,
+                              execution="vmapped")
 print(json.dumps({"devices": len(states.params["Dense_0"]["kernel"].sharding.device_set),
+                  "hutchinson_trace": probes.trace,
                   "losses": np.asarray(losses).tolist(), "path_loss": path["loss"],
                   "kernel": np.asarray(states.params["Dense_0"]["kernel"]).ravel().tolist()}))
 """
@@ -60,6 +65,7 @@ def test_copies_and_points_split_over_devices_give_the_single_device_results():
   np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(two["path_loss"], one["path_loss"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(two["hutchinson_trace"], one["hutchinson_trace"], rtol=1e-4)
 
 
 @pytest.mark.parametrize("pieces,devices,expected", [

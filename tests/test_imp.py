@@ -136,8 +136,8 @@ def test_every_source_writes_a_row_per_round_in_run_order(all_sources):
 
 
 def test_masks_are_nested_and_trained_weights_respect_them(all_sources):
-  s, _, workdir, _, _ = all_sources
-  for source in imp.SOURCES:
+  s, c, workdir, _, _ = all_sources
+  for source in c.imp.sources:
     for k in range(3):
       mask = imp.load_mask(s, workdir, source, k)
       final = checkpoints.load_tree(layout.final_params(workdir, source, k),

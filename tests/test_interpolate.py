@@ -50,7 +50,7 @@ def test_path_endpoints_evaluate_like_the_endpoints():
   a, b = _ends(model)
   x, y = _data()
   path = interpolate.evaluate_path(model, a, b, interpolate.default_alphas(5), x, y,
-                                   alpha_chunk=2, eval_batch_size=16)
+                                   chunk_alphas=2, eval_batch_size=16)
   evaluate = train.make_eval_fn(model, 16)
   for index, end in ((0, a), (-1, b)):
     want = evaluate(end["params"], end["batch_stats"], x, y)
@@ -64,7 +64,7 @@ def test_identical_models_have_zero_barriers():
   a, _ = _ends(model)
   x, y = _data()
   path = interpolate.evaluate_path(model, a, a, interpolate.default_alphas(31), x, y)
-  for name in ("error_barrier", "loss_barrier", "loss_barrier_chord"):
+  for name in interpolate.BARRIERS:
     assert abs(path[name]) < 1e-6, (name, path[name])
 
 
@@ -82,7 +82,10 @@ def test_barriers_of_a_hand_computed_curve():
   # chord 1 + 2 alpha = 1, 1.5, 2, 2.5, 3 at alpha 0 .. 1; loss minus chord
   # = 0, 1.125, 0.5, 0.875, 0: the largest gap (alpha 0.25) is not at the
   # largest loss (alpha 0.75, gap 0.875).
-  want = {"error_barrier": 0.4375, "loss_barrier": 1.375, "loss_barrier_chord": 1.125}
+  # error chord 0.25 - 0.125 alpha; error minus chord = 0, 0.28125, 0.4375,
+  # 0.21875, 0: at alpha 0.5 the chord is the endpoints' mean.
+  want = {"error_barrier": 0.4375, "loss_barrier": 1.375, "loss_barrier_chord": 1.125,
+          "error_barrier_chord": 0.4375}
   assert got == pytest.approx(want, abs=1e-12)  # and no key more or less
 
 
@@ -175,7 +178,7 @@ def test_bad_input_is_a_clear_error(case):
     (other,) = _ends(models.MLP(3, (6,)), seeds=(1,))
     b, match = other, "does not match|has shape"
   elif case == "chunk":
-    kwargs["alpha_chunk"], match = 0, "alpha_chunk must be > 0"
+    kwargs["chunk_alphas"], match = 0, "chunk_alphas must be > 0"
   elif case == "empty":
     kwargs.update(images=x[:0], labels=y[:0])
     match = "empty split"
@@ -198,7 +201,7 @@ def test_sequential_and_vmapped_alphas_give_the_same_path():
   x, y = _data()
   bn = interpolate.bn_batches(x, 16, 2, jax.random.PRNGKey(0))
   kwargs = dict(mask=_half_mask(a["params"]), bn_mode="reset", bn_images=bn,
-                eval_batch_size=16, alpha_chunk=2)
+                eval_batch_size=16, chunk_alphas=2)
   alphas = np.array([0.0, 0.4, 1.0, 1.3], np.float32)
   paths = {e: interpolate.evaluate_path(model, a, b, alphas, x, y, execution=e, **kwargs)
            for e in ("vmapped", "sequential")}

@@ -54,7 +54,7 @@ def test_a_reloaded_branch_pair_reproduces_the_recorded_barrier_exactly(run):
   path = interpolate.evaluate_path(run.model, a, b, recorded["alphas"], run.setup.x_test,
                                    run.setup.y_test, mask=run.mask("analysis/real_r01/copy_00"),
                                    eval_batch_size=run.config.eval_batch_size,
-                                   alpha_chunk=run.config.analysis.alpha_chunk)
+                                   chunk_alphas=run.config.analysis.chunk_alphas)
   assert path["error_barrier"] == recorded["error_barrier"] > 0.0
   assert path["loss"] == recorded["loss"]
 

@@ -57,8 +57,8 @@ def test_a_registered_model_runs_through_pruning_barriers_and_curvature(toy_mode
   a = c.analysis
   a.num_branches, a.num_alphas, a.eval_splits = 2, 5, ("test",)
   a.landscape.kinds, a.landscape.resolution = ("random_1d",), 5
-  a.hessian.update(batch_size=100, num_batches=1, max_probes=8, probe_chunk=4, lanczos_iters=5,
-                   density_steps=5)
+  a.hessian.update(batch_size_examples=100, num_batches=1, max_probes=8, chunk_probes=4,
+                   lanczos_iters=5, density_steps=5)
   a.instability.enabled = False
   summary = pipeline.run(c, str(tmp_path))
   mask = checkpoints.load_tree(layout.mask(str(tmp_path), "real", 1),

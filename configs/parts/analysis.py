@@ -13,6 +13,7 @@ outside lmcjax adds its own: analysis.SECTION = measures.default_section(NAME).
 """
 import ml_collections
 
+from lmcjax.analysis import measures
 from lmcjax.configs.parts import train as train_part
 
 
@@ -43,7 +44,7 @@ def get_section() -> ml_collections.ConfigDict:
       execution="auto",
       include_dense=True,
       num_branches=3,  # >= 3 for the three-point plane, >= 4 for the four-seed plane
-      branch_chunk=4,  # copies per vmapped training program (memory bound)
+      chunk_copies=4,  # copies per vmapped training program (memory bound)
       # True: copies train exactly like IMP's rounds (config.train); False:
       # with branch_train (then only from init or with a 'restart' schedule).
       reuse_config_train=True,
@@ -53,10 +54,14 @@ def get_section() -> ml_collections.ConfigDict:
       num_alphas=31,
       alpha_min=0.0,
       alpha_max=1.0,
-      alpha_chunk=8,  # models held at once per vmapped evaluation (execution 'vmapped')
+      chunk_alphas=8,  # models held at once per vmapped evaluation (execution 'vmapped')
       eval_splits=("test", "train"),  # any of train | test | distilled
       # BatchNorm models: interpolate the running statistics (seed paper)
       # and/or recompute them on training batches at each alpha (BN reset).
+      # 'repair' (REPAIR, Jordan et al. 2023) is for nets without BatchNorm,
+      # which then get 'interpolate' and 'repair'; a BatchNorm net with it is
+      # refused (use 'reset'). Both measure statistics on bn_reset_batches
+      # batches of bn_reset_batch_size training images.
       bn_modes=("interpolate", "reset"),
       bn_reset_batches=8,
       bn_reset_batch_size=256,
@@ -73,6 +78,19 @@ def get_section() -> ml_collections.ConfigDict:
           split="test",
           num_alphas=11,
       )),
+      # Paul et al. (2023): the barrier between IMP's solutions of rounds k
+      # and k+1 of each source (imp.retrain_rounds='all'); its fields and
+      # their comments: lmcjax/analysis/successive_rounds.py DEFAULTS.
+      successive_rounds=measures.default_section("successive_rounds"),
+      # Entezari et al. (2022), Ainsworth et al. (2023): barriers between nets
+      # from different init seeds under one mask, naive and after weight or
+      # activation matching, with REPAIR or BN reset (off by default: it trains
+      # num_inits - 1 more dense runs); lmcjax/analysis/cross_seed.py DEFAULTS.
+      cross_seed=measures.default_section("cross_seed"),
+      # Adnan et al. (2025): each source's mask trained from a new init, as it
+      # is and permuted into the new init's basin (off by default);
+      # lmcjax/analysis/mask_transfer.py DEFAULTS.
+      mask_transfer=measures.default_section("mask_transfer"),
       landscape=ml_collections.ConfigDict(dict(
           # three_point | four_seed | random_1d | random_2d
           kinds=("three_point", "random_2d"),
@@ -80,23 +98,23 @@ def get_section() -> ml_collections.ConfigDict:
           resolution=21,
           margin=0.25,  # of the solutions' span, around planes through solutions
           span=1.0,  # +- this many direction lengths for random directions
-          chunk=32,  # grid points per vmapped evaluation (execution 'vmapped')
+          chunk_points=32,  # grid points per vmapped evaluation (execution 'vmapped')
           skip_bias_and_norm=True,  # Li et al.'s 'biasbn' option
       )),
       hessian=ml_collections.ConfigDict(dict(
           enabled=True,
           split="train",
-          batch_size=500,
+          batch_size_examples=500,
           num_batches=2,  # 0 = the whole split
           # auto: the exact GGN diagonal where it is the exact Hessian diagonal
           # (ReLU nets without instance/layer norm: LeNet, eval-mode BN nets),
           # else GGN + a Hutchinson estimate of the residual. Also: ggn |
           # ggn+residual | hutchinson | exact (one HVP per parameter, tiny nets).
           method="auto",
-          ggn_chunk=50,  # examples per vmapped GGN call: chunk x classes x params floats
+          chunk_examples=50,  # examples per vmapped GGN call: chunk x classes x params floats
           # Hutchinson (method hutchinson, or the residual of ggn+residual).
           max_probes=64,
-          probe_chunk=8,  # probes per vmapped call, and between stopping-rule checks
+          chunk_probes=8,  # probes per vmapped call, and between stopping-rule checks
           tol=0.05,  # stop once the relative standard error is below this
           # Top eigenvalues: Lanczos until each Ritz residual is <= lanczos_tol * |lambda|.
           lanczos_k=1,

@@ -23,14 +23,21 @@ def distilled_train_spec() -> ml_collections.ConfigDict:
 
 def get_section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      # Which masks to find, each with its own IMP run:
+      # Which masks to find, each with its own IMP run (declared in
+      # lmcjax/mask_sources.py):
       #   real: classic IMP, every round trains on the real training set;
       #   distilled: every round trains on the distilled set (distilled_train);
+      #   subset: every round trains on the real images the distilled set
+      #     started from (distill.init='real'), exactly as 'distilled' trains:
+      #     same distilled_train, seeds and decoding. It separates "few images"
+      #     from "optimised images";
       #   combined: the first combined_distilled_rounds rounds on distilled data, then real;
       #   random: random masks with the real source's per-layer counts at each
       #     round when 'real' is also listed, otherwise global random pruning.
-      # 'distilled' reads the distill stage's output: list 'distill' before 'imp'
-      # in config.stages, or set distilled_path.
+      # 'distilled' and 'subset' read the distill stage's output (synthetic.npz
+      # and starting.npz beside it): list 'distill' before 'imp' in
+      # config.stages, or set distilled_path ('subset': to a set saved with its
+      # starting images).
       sources=("real", "random", "distilled"),
       rounds=4,  # masks 0..rounds; round k has sparsity 1 - 0.8^k (59% at 4)
       prune_fraction=0.2,  # of the remaining prunable weights, per round

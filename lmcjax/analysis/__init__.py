@@ -6,7 +6,14 @@
   interpolation.py  pairwise interpolation barriers (per model; figures);
   landscapes.py     loss landscape planes (per model);
   hessian.py        the Hessian of each model's first copy (per model; figures);
-  instability.py    the barrier against the rewind epoch (across models).
+  instability.py    the barrier against the rewind epoch (across models);
+  successive_rounds.py  the barrier between IMP's solutions of successive
+                    rounds (across models; its own report section);
+  inits.py          nets from other init seeds, shared by the two below;
+  cross_seed.py     barriers between nets of different inits, naive and
+                    aligned (across models; its own report section);
+  mask_transfer.py  IMP masks trained from new inits, as they are and aligned
+                    (across models; its own report section).
 
 A new measure is one module that builds a measures.Measure and one line below
 that registers it; the order below is the order the measures run in.
@@ -16,11 +23,15 @@ from lmcjax.analysis import interpolation
 from lmcjax.analysis import landscapes
 from lmcjax.analysis import hessian
 from lmcjax.analysis import instability
+from lmcjax.analysis import successive_rounds
+from lmcjax.analysis import cross_seed
+from lmcjax.analysis import mask_transfer
 from lmcjax.analysis import stage
 from lmcjax.analysis import targets
 
 for _measure in (interpolation.MEASURE, landscapes.MEASURE, hessian.MEASURE,
-                 instability.MEASURE):
+                 instability.MEASURE, successive_rounds.MEASURE, cross_seed.MEASURE,
+                 mask_transfer.MEASURE):
   measures.register(_measure)
 del _measure
 
@@ -29,4 +40,5 @@ check_config = stage.check_config
 run_stage = stage.run_stage
 
 __all__ = ("STAGE", "check_config", "run_stage", "measures", "interpolation", "landscapes",
-           "hessian", "instability", "stage", "targets")
+           "hessian", "instability", "successive_rounds", "cross_seed", "mask_transfer", "stage",
+           "targets")

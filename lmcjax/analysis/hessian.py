@@ -30,11 +30,11 @@ def check(config) -> None:
   validate.choice("analysis.hessian.split", c.split, measures.SPLITS)
   if c.enabled:  # a method that does not apply to the model is refused with the reason
     curvature.resolve_method(c.method, models.create(model_cfg, num_classes=10))
-  validate.positive("analysis.hessian.batch_size", c.batch_size)
+  validate.positive("analysis.hessian.batch_size_examples", c.batch_size_examples)
   validate.non_negative("analysis.hessian.num_batches", c.num_batches)
-  validate.positive("analysis.hessian.ggn_chunk", c.ggn_chunk)
+  validate.positive("analysis.hessian.chunk_examples", c.chunk_examples)
   validate.positive("analysis.hessian.max_probes", c.max_probes)
-  validate.positive("analysis.hessian.probe_chunk", c.probe_chunk)
+  validate.positive("analysis.hessian.chunk_probes", c.chunk_probes)
   validate.non_negative("analysis.hessian.tol", c.tol)
   validate.positive("analysis.hessian.lanczos_k", c.lanczos_k)
   validate.require(c.lanczos_iters >= c.lanczos_k, f"analysis.hessian.lanczos_iters "
@@ -60,12 +60,12 @@ def run(ctx: measures.ModelContext, c) -> Tuple[Dict[str, Any], np.ndarray]:
   stats = execution_lib.take(stacked["batch_stats"], 0)
   images, labels = curvature.loss_batches(
       rng.named_key(s.config.seeds.data_order, "analysis", "hessian"), *splits[c.split],
-      c.batch_size, c.num_batches)
+      c.batch_size_examples, c.num_batches)
   key = rng.named_key(s.config.seeds.init, "analysis", name, "hessian")
   problem = curvature.LossProblem(s.model, params, stats, images, labels,
-                                  batch_size_examples=c.batch_size, mask=mask)
-  diag = curvature.hessian_diagonal(problem, key, method=c.method, chunk_examples=c.ggn_chunk,
-                                    max_probes=c.max_probes, chunk_probes=c.probe_chunk,
+                                  batch_size_examples=c.batch_size_examples, mask=mask)
+  diag = curvature.hessian_diagonal(problem, key, method=c.method, chunk_examples=c.chunk_examples,
+                                    max_probes=c.max_probes, chunk_probes=c.chunk_probes,
                                     tol=c.tol, max_params=c.exact_max_params,
                                     execution=a.execution)
   eigen = dict(max_iters=c.lanczos_iters, tol=c.lanczos_tol)

@@ -69,13 +69,13 @@ def _point(ctx: measures.StageContext, c, name, mask, step) -> Dict[str, Any]:
   point_dir = layout.instability_point_dir(wd, name, step)
   stacked = branches.trained_copies(
       s, s.config.train, start, mask, point_dir, num_copies=c.num_copies,
-      prefix=("instability", name, step), chunk=a.branch_chunk,
+      prefix=("instability", name, step), chunk=a.chunk_copies,
       start_step=dense.start_step(s.config.imp.rewind_schedule, step),
       execution=a.execution).ends()
   result = interpolate.pairwise(s.model, stacked, interpolate.default_alphas(c.num_alphas),
                                 *ctx.splits[c.split], mask=mask, bn_mode=_BN_MODE,
                                 eval_batch_size=s.config.eval_batch_size,
-                                alpha_chunk=a.alpha_chunk, execution=a.execution)
+                                chunk_alphas=a.chunk_alphas, execution=a.execution)
   errors = branches.copy_test_errors(s, stacked, c.num_copies)
   return {"step": step, **interpolation.barrier_statistics(s, result["pairs"], errors)}
 

@@ -1,25 +1,29 @@
 """The interpolation measure: every pairwise path between a model's copies.
 
-Per model, on every eval split and BN mode: interpolation_SPLIT_BN.json (each
-pair's path and barriers); records 'barriers' (mean/max/std over pairs) and
-'barrier_stats' (per-pair barriers and the copies' test accuracy, with 95%
-CIs), both keyed by `where(split, bn_mode)`. Across models: the interpolation
-curves and the barrier against sparsity, of the first split and BN mode.
+Per model, on every eval split and BN mode (conditions): interpolation_SPLIT_BN.json
+(each pair's path and barriers); records 'barriers' (mean/max/std over pairs
+of interpolate.BARRIERS: error and loss, each in both definitions) and
+'barrier_stats' (per-pair error barriers in both definitions and the copies'
+test accuracy, with 95% CIs), both keyed by `where(split, bn_mode)`. Across
+models: the interpolation curves and the barrier (endpoint mean) against
+sparsity, of the first split and BN mode.
 Its fields are config.analysis' own (num_alphas, eval_splits, bn_modes, ...).
 """
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 
 from lmcjax import interpolate
 from lmcjax import logs
+from lmcjax import models
 from lmcjax import plots
 from lmcjax import rng
 from lmcjax import stats
 from lmcjax import validate
 from lmcjax.analysis import measures
+from lmcjax.connectivity import repair
 
 
 def check(config) -> None:
@@ -27,15 +31,25 @@ def check(config) -> None:
   validate.require(a.num_alphas >= 2, f"analysis.num_alphas must be >= 2, got {a.num_alphas!r}")
   validate.require(a.alpha_min <= 0.0 and a.alpha_max >= 1.0,
                    f"analysis alphas [{a.alpha_min}, {a.alpha_max}] must cover [0, 1]")
-  validate.positive("analysis.alpha_chunk", a.alpha_chunk)
+  validate.positive("analysis.chunk_alphas", a.chunk_alphas)
   validate.require(len(a.eval_splits) > 0, "analysis.eval_splits is empty")
   for split in a.eval_splits:
     validate.choice("analysis.eval_splits entry", split, measures.SPLITS)
   validate.require(len(a.bn_modes) > 0, "analysis.bn_modes is empty")
   for mode in a.bn_modes:
     validate.choice("analysis.bn_modes entry", mode, interpolate.BN_MODES)
+  if "repair" in a.bn_modes:  # a model REPAIR does not apply to is refused with the reason
+    check_repair(config, "analysis.bn_modes entry 'repair'")
   validate.positive("analysis.bn_reset_batches", a.bn_reset_batches)
   validate.positive("analysis.bn_reset_batch_size", a.bn_reset_batch_size)
+
+
+def check_repair(config, what: str) -> None:
+  """One line, before any compute, where REPAIR does not apply to config.model."""
+  try:
+    repair.check_applies(models.create(config.model, num_classes=10))
+  except validate.InputError as e:
+    raise validate.InputError(f"{what}: {e}") from None
 
 
 def alphas(a) -> np.ndarray:
@@ -51,39 +65,53 @@ def where(split: str, bn_mode: str) -> str:
 
 def conditions(s, a) -> List[Tuple[str, str]]:
   """(split, BN mode) of every path, in the order measured; the first is the
-  figures'. A net without BatchNorm has only 'interpolate'."""
-  has_bn = bool(jax.tree.leaves(s.init_batch_stats))
-  modes = tuple(a.bn_modes) if has_bn else ("interpolate",)
+  figures'. A BatchNorm net has its modes of analysis.bn_modes (check refuses
+  'repair' for it); a net without BatchNorm has 'interpolate', and 'repair'
+  where bn_modes lists it."""
+  if jax.tree.leaves(s.init_batch_stats):
+    modes = tuple(a.bn_modes)
+  else:
+    modes = ("interpolate",) + (("repair",) if "repair" in a.bn_modes else ())
   return [(split, mode) for split in a.eval_splits for mode in modes]
+
+
+def statistics_batches(s, a, modes) -> Optional[Any]:
+  """The training batches the 'reset' and 'repair' modes measure statistics
+  on (the same for both, from the data-order seed); None where no mode does."""
+  if not any(mode in ("reset", "repair") for mode in modes):
+    return None
+  return interpolate.bn_batches(s.x_train, a.bn_reset_batch_size, a.bn_reset_batches,
+                                rng.named_key(s.config.seeds.data_order, "analysis", "bn"))
 
 
 def run(ctx: measures.ModelContext, a) -> Dict[str, Any]:
   """Pairwise interpolation on every split and BN mode; writes one JSON each."""
   s = ctx.setup
   todo = conditions(s, a)
-  bn_images = None
-  if any(mode == "reset" for _, mode in todo):
-    bn_images = interpolate.bn_batches(s.x_train, a.bn_reset_batch_size, a.bn_reset_batches,
-                                       rng.named_key(s.config.seeds.data_order, "analysis", "bn"))
+  bn_images = statistics_batches(s, a, [mode for _, mode in todo])
   out = {}
   for split, mode in todo:
     result = interpolate.pairwise(s.model, ctx.stacked, alphas(a), *ctx.splits[split],
                                   mask=ctx.mask, bn_mode=mode, bn_images=bn_images,
                                   eval_batch_size=s.config.eval_batch_size,
-                                  alpha_chunk=a.alpha_chunk, execution=a.execution)
+                                  chunk_alphas=a.chunk_alphas, execution=a.execution)
     logs.write_json(os.path.join(ctx.out_dir, f"interpolation_{split}_{mode}.json"), result)
     out[where(split, mode)] = result
   return out
 
 
 def barrier_statistics(s, pairs: List[Dict[str, Any]], test_errors: List[float]) -> Dict[str, Any]:
-  """Per-pair error barriers and the copies' test accuracy, each with a 95% CI
-  and the count behind it. One workdir is one init seed: the barrier CI is
-  over pairs within it, which share copies (stats.barrier_ci warns)."""
+  """Per-pair error barriers, in both definitions (interpolate.BARRIERS), and
+  the copies' test accuracy, each with a 95% CI and the count behind it. One
+  workdir is one init seed: the barrier CI is over pairs within it, which
+  share copies (stats.barrier_ci warns)."""
   seed = s.config.seeds.init
   barriers = [p["error_barrier"] for p in pairs]
+  chord = [p["error_barrier_chord"] for p in pairs]
   accuracy = [1.0 - e for e in test_errors]
   return {"error_barriers": barriers, "error_barrier_ci": stats.barrier_ci({seed: barriers}),
+          "error_barriers_chord": chord,
+          "error_barrier_chord_ci": stats.barrier_ci({seed: chord}),
           "test_accuracy": accuracy,
           "test_accuracy_ci": stats.mean_accuracy_ci(accuracy, int(s.x_test.shape[0]))}
 

@@ -28,7 +28,7 @@ def check(config) -> None:
   validate.choice("analysis.landscape.split", c.split, measures.SPLITS)
   validate.require(c.resolution >= 2,
                    f"analysis.landscape.resolution must be >= 2, got {c.resolution!r}")
-  validate.positive("analysis.landscape.chunk", c.chunk)
+  validate.positive("analysis.landscape.chunk_points", c.chunk_points)
   validate.non_negative("analysis.landscape.margin", c.margin)
   validate.positive("analysis.landscape.span", c.span)
 
@@ -49,7 +49,7 @@ def run(ctx: measures.ModelContext, c) -> Dict[str, Any]:
                                      c.skip_bias_and_norm)
     grid = landscape.evaluate_grid(
         s.model, plane, landscape.grid_axes(plane, c.resolution, c.margin, c.span), stats0,
-        *ctx.splits[c.split], mask=ctx.mask, chunk=c.chunk,
+        *ctx.splits[c.split], mask=ctx.mask, chunk=c.chunk_points,
         eval_batch_size=s.config.eval_batch_size, execution=a.execution)
     stem = os.path.join(ctx.out_dir, f"landscape_{kind}")
     landscape.save_grid(stem + ".npz", grid, kind)

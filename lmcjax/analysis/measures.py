@@ -122,6 +122,10 @@ class Measure:
     defaults: its section's fields and their defaults; config.analysis[section]
       must hold exactly these. None for the built-in measures, whose sections
       configs/parts/analysis.py holds and documents.
+    report: (workdir, summary.json['analysis']) -> Report: its flat
+      results.json tables and its report.md section, from what it recorded
+      (lmcjax/report.py adds them after the built-in sections, in
+      registration order, and never names the measure).
   """
   name: str
   section: str
@@ -135,10 +139,26 @@ class Measure:
   splits: Optional[Callable[[Section], Tuple[str, ...]]] = None
   scalars: Optional[Callable[[ModelContext, Dict[str, Any]], Dict[str, float]]] = None
   defaults: Optional[Section] = None
+  report: Optional[Callable[[str, Dict[str, Any]], "Report"]] = None
 
   @property
   def per_model(self) -> bool:
     return self.run is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """A measure's part of the report.
+
+  Attributes:
+    tables: results.json table name -> flat records (one dict per row, so
+      `pandas.json_normalize(results[name])` gives a tidy frame). A name the
+      report or another measure writes is refused.
+    lines: markdown paragraphs of its report.md section (a '## ' heading
+      first); empty where it has nothing to show.
+  """
+  tables: Dict[str, List[Dict[str, Any]]]
+  lines: List[str]
 
 
 _REGISTRY: Dict[str, Measure] = {}
@@ -196,6 +216,16 @@ def names() -> Tuple[str, ...]:
 def get(name: str) -> Measure:
   validate.choice("analysis measure", name, names())
   return _REGISTRY[name]
+
+
+def reports(workdir: str, analysis: Dict[str, Any]) -> List[Tuple[str, Report]]:
+  """(name, Report) of every registered measure that declares `report` and
+  recorded something in this run's analysis summary."""
+  out = []
+  for m in _REGISTRY.values():
+    if m.report is not None:
+      out.append((m.name, m.report(workdir, analysis)))
+  return out
 
 
 def section_of(a: Section, m: Measure) -> Section:

@@ -57,7 +57,7 @@ def check_config(config) -> None:
                    "analysis.reuse_config_train=True, or analysis.start='init'")
   validate.require(a.num_branches >= 2,
                    f"analysis.num_branches must be >= 2, got {a.num_branches!r}")
-  validate.positive("analysis.branch_chunk", a.branch_chunk)
+  validate.positive("analysis.chunk_copies", a.chunk_copies)
   if not a.reuse_config_train:
     train.check_spec(a.branch_train, "analysis.branch_train")
   measures.check_sections(a, _OWN_SECTIONS)
@@ -106,7 +106,7 @@ def analyse_model(s, a, model: modelid.ModelId, mask, start: PyTree, start_at: i
   timings, tick = {}, time.perf_counter()
   branch_start = dense.start_step(s.config.imp.rewind_schedule, start_at)
   copies = branches.trained_copies(s, spec, start, mask, out_dir, num_copies=a.num_branches,
-                                   prefix=("analysis", model.name), chunk=a.branch_chunk,
+                                   prefix=("analysis", model.name), chunk=a.chunk_copies,
                                    start_step=branch_start, execution=a.execution)
   ctx = measures.ModelContext(s, a, model, copies.ends(), mask, splits, out_dir)
   timings["branches_s"] = time.perf_counter() - tick
@@ -172,6 +172,6 @@ STAGE = base.Stage(
     "analysis", run_stage, check_config,
     reads=("seeds", "data", "model", "train", "prune", "eval_batch_size", "analysis",
            "parallel", "stages", "imp.rewind_schedule", "imp.rewind_step", "imp.rewind_epochs",
-           "imp.sources", "imp.rounds"),
+           "imp.sources", "imp.rounds", "imp.retrain_rounds"),
     depends_on=("distill", "imp"), output_dirs=lambda workdir: (layout.analysis_dir(workdir),),
     rewind_steps=targets.rewind_steps, imp_rounds=targets.imp_rounds)

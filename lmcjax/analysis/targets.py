@@ -1,8 +1,9 @@
 """Which models the analysis stage analyses, and from which dense-run step.
 
 The dense net (analysis.include_dense), then the masks of analysis.targets
-('source:round'), else of every IMP source at analysis.rounds, else the last
-round of every source found under DIR/imp.
+('source:round', any source lmcjax/mask_sources.py declares, e.g.
+'subset:5'), else of every IMP source at analysis.rounds, else the last round
+of every source found under DIR/imp.
 """
 import os
 import re
@@ -11,6 +12,7 @@ from typing import Any, List, Optional, Tuple
 from lmcjax import checkpoints
 from lmcjax import dense
 from lmcjax import imp
+from lmcjax import mask_sources
 from lmcjax import masks
 from lmcjax import modelid
 from lmcjax import validate
@@ -34,6 +36,8 @@ def check(config) -> None:
   for t in a.targets:
     validate.require(bool(TARGET.match(str(t))),
                      f"analysis.targets entry {t!r} is not 'source:round', e.g. 'real:4'")
+    validate.choice(f"analysis.targets entry {t!r}: source", TARGET.match(str(t)).group(1),
+                    mask_sources.NAMES)
     check_round(config, int(TARGET.match(str(t)).group(2)), f"analysis.targets entry {t!r}")
   for r in a.rounds:
     check_round(config, r, f"analysis.rounds entry {r!r}")
@@ -103,7 +107,7 @@ def _targets(s, a, wd: str) -> List[modelid.ModelId]:
   if a.targets:
     return _target_ids(a)
   if a.rounds:
-    sources = [src for src in imp.SOURCES if src in s.config.imp.sources]
+    sources = mask_sources.ordered(s.config.imp.sources)
     return [modelid.ModelId(src, r) for src in sources for r in sorted(a.rounds)]
   return _discovered(wd)
 

@@ -111,7 +111,8 @@ def hutchinson(problem: LossProblem, key, *, max_probes: int = 64, chunk_probes:
   execution. execution (execution.resolve): 'vmapped' runs each full
   chunk of probes as one vmapped program, 'sequential' one jitted probe at a
   time; a last, shorter chunk runs probe by probe either way (no padded
-  probes, and no compile per remainder size). The running mean and variance
+  probes, and no compile per remainder size). With several local devices a
+  vmapped chunk's probes are split over them (execution.shard_copies). The running mean and variance
   stay on the device. operator='residual' estimates the diagonal of H - GGN
   instead (operators.make_residual_loss). Probes are zero at problem.mask's
   pruned entries, and so is the estimate.
@@ -132,7 +133,9 @@ def hutchinson(problem: LossProblem, key, *, max_probes: int = 64, chunk_probes:
     count = min(chunk_probes, max_probes - n)
     keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(n, n + count))
     if execution == "vmapped" and count == chunk_probes:
-      moments = _merge(moments, count, *batch(*args, keys))
+      # Several local devices each take whole probes of the chunk (the
+      # moments' means over the chunk become one cross-device reduction).
+      moments = _merge(moments, count, *batch(*args, execution_lib.shard_copies(keys)))
     else:
       for k in keys:
         sample = one(*args, k)

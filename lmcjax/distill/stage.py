@@ -170,22 +170,27 @@ def evaluate_set(s, d, model, images, labels, meta: Dict[str, Any],
 
 
 def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
-  """Distils (or loads) a synthetic set, saves it with a PNG grid and evaluates it."""
+  """Distils (or loads) a synthetic set, saves it with a PNG grid and evaluates it.
+
+  The images it started from are saved beside it (synthetic.STARTING_FILE): the
+  IMP source 'subset' trains on them. A loaded set brings its own, if any.
+  """
   d = s.config.distill
   mcfg = model_config(s.config)
   model = models.create(mcfg, s.dataset.num_classes)
   out_dir = workdir_lib.distill_dir(workdir)
   os.makedirs(out_dir, exist_ok=True)
   summary: Dict[str, Any] = {}
-  initial_images = None
+  starting = None  # the stored images the set started from
   if d.load_path:
     images, labels, meta = synthetic.load_checked(d.load_path, s.dataset)
+    if meta.get("starting"):
+      starting = synthetic.load_starting(d.load_path, s.dataset)[0]
   else:
     check_data(d, s.y_train, s.dataset.num_classes)
     method, tx, learn, iterations = build(d, model, s.x_train, s.y_train, s.dataset.num_classes,
                                           files_dir=out_dir, log=log)
-    if d.eval.initial:
-      initial_images = np.array(learn["images"], copy=True)  # run_outer donates learn
+    starting = np.array(learn["images"], copy=True)  # run_outer donates learn
     learn, summary = run_outer(method, tx, learn, iterations,
                                rng.named_key(d.seed, "distill", "outer"),
                                log=log, log_every=d.log_every)
@@ -194,13 +199,14 @@ def run_stage(s, workdir: str, log: logs.MetricsLog) -> Dict[str, Any]:
     meta = {"method": d.method, "ipc": d.ipc, "dataset": s.dataset.name,
             "mean": list(s.dataset.mean), "std": list(s.dataset.std), "factor": factor_of(d),
             "model": mcfg.name, "model_config": json.loads(mcfg.to_json_best_effort()),
-            "iterations": iterations, "seed": d.seed}
+            "iterations": iterations, "seed": d.seed, "init": d.init}
     if "log_lr" in learn:
       meta["lr"] = float(jnp.exp(learn["log_lr"]))
   # A loaded set is copied too: later stages read one place.
-  synthetic.save(workdir_lib.distilled_set(workdir), images, labels, meta)
+  synthetic.save_distilled(workdir_lib.distilled_set(workdir), images, labels, meta, starting)
   plots.plot_image_grid(os.path.join(out_dir, "grid"), images, labels, s.dataset.mean,
                         s.dataset.std)
+  initial_images = starting if d.eval.initial else None
   result = evaluate_set(s, d, model, images, labels, meta, initial_images)
   logs.write_json(os.path.join(out_dir, "eval.json"), result)
   summary.update({k: {"mean": v["mean"], "std": v["std"], "lr": v["lr"]}

@@ -44,8 +44,11 @@ class Registration:
     piecewise_linear: whether, norm aside, the logits are piecewise linear in
       each single weight (ReLU, linear or max pooling).
     classifier: the top-level params key of the classifier head, or module -> it.
-    permutation: "sequential" (derived from the module tree), or a function
-      declaring which axes of which leaves share a hidden-unit permutation.
+    permutation: "sequential" (derived from the module tree: each layer reads
+      the units of the layer called before it), or a function (module,
+      variables) -> lmcjax.connectivity.structure.PermutationStructure
+      declaring which axes of which leaves share a hidden-unit permutation
+      (raising NotImplementedError where it is not declared).
     check: (cfg, section) -> None, one-line errors for bad field values.
   """
   name: str
