@@ -31,4 +31,10 @@ def get_config():
   # over seeds would leave out the set's own randomness.
   config.distill.seed = config.seeds.get_ref("init") + 0
   config.sweep.axes = (("seeds.init", (0, 1, 2)), ("distill.dm.iterations", DM_ITERATIONS))
+  # The dose-response reads the SGD-noise barriers only: the study's
+  # connectivity measures (and the real-data retraining of every round that
+  # successive rounds needs) would double each job's time.
+  a = config.analysis
+  a.successive_rounds.enabled = a.cross_seed.enabled = a.mask_transfer.enabled = False
+  config.imp.retrain_rounds = "none"
   return config

@@ -6,7 +6,8 @@ One init seed (distill, IMP with four mask sources, real, distilled, subset
 mask-transfer connectivity, report) runs through launch/main.py:
 
   python launch/main.py --config configs/cifar10_small.py --workdir runs/c10s/seed0 \
-      --config.data.name=npz --config.data.npz_path=../shared/data/cifar10_5k.npz
+      --config.data.name=npz --config.data.npz_path=../shared/data/cifar10_5k.npz \
+      --config.data.train_subset=0 --config.data.test_subset=0
 
 or, with tfds CIFAR-10 prepared (launch/prepare_data.py), on a stratified
 5,000 / 1,000 subset: --config.data.name=cifar10 (the default here). Seeds
