@@ -31,7 +31,8 @@ def get_config():
   config.model = model_part.get("convnet", depth=3, width=32, norm="instance", pooling="avg")
   # 6 epochs of SGD lr 0.05 (10 give 58% on the 5k set): each seed's ~70
   # trainings (IMP, 3 copies x 10 models, the instability curve) then fit
-  # well under 45 min on 2 CPU cores, and copies from init are still unstable.
+  # well under 45 min on 2 CPU cores, and copies from init are still unstable
+  # (the connectivity measures below add more: see _connectivity).
   config.train.update(epochs=6, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
                       schedule="multistep", milestones=(2 / 3, 5 / 6), gamma=0.2)
   augment_part.apply(config, "cifar10")  # crop+flip on real data, DSA with flip on distilled
@@ -107,7 +108,14 @@ def _analysis(config) -> None:
 
 
 def _connectivity(a) -> None:
-  """Connectivity beyond SGD-noise copies, on the same 31-alpha grid: the
+  """Cost: these measures add ~35 trainings to a seed (cross-seed 17, mask
+  transfer 16, at ~30 s each on 2 CPU cores), so one seed with them takes
+  over an hour there (seed 0, 2026-12-02: distill 12 min, IMP 13 min,
+  analysis > 50 min), not 45 min. On 2 cores, run them on one seed and leave
+  them off the others (--config.analysis.cross_seed.enabled=False
+  --config.analysis.mask_transfer.enabled=False).
+
+  Connectivity beyond SGD-noise copies, on the same 31-alpha grid: the
   barrier between IMP's successive rounds of each source (Paul et al. 2023);
   nets of 3 init seeds under one mask, naive and after weight or activation
   matching (Entezari et al. 2022, Ainsworth et al. 2023), for the dense net
