@@ -170,7 +170,7 @@ def _stacked_program(model, eval_batch_size: int, chunk_alphas: int, execution: 
 
   def at_index(args, index):
     stacked, images, labels = args
-    variables = jax.tree.map(lambda v: v[index], stacked)
+    variables = execution_lib.take(stacked, index)
     return evaluate(variables["params"], variables["batch_stats"], images, labels)
 
   return execution_lib.map_points(at_index, chunk_alphas, execution)
