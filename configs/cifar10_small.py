@@ -2,14 +2,20 @@
 
 One init seed (distill, IMP with four mask sources, real, distilled, subset
 (the real images DM started from) and random, barriers at 3 sparsities on a
-31-alpha grid, the instability curve, successive-round, cross-seed and
-mask-transfer connectivity, report) runs through launch/main.py:
+31-alpha grid, successive-round, cross-seed and mask-transfer connectivity,
+report) runs through launch/main.py:
 
   python launch/main.py --config configs/cifar10_small.py --workdir runs/c10s/seed0 \
       --config.data.name=npz --config.data.npz_path=../shared/data/cifar10_5k.npz \
       --config.data.train_subset=0 --config.data.test_subset=0
 
-or, with tfds CIFAR-10 prepared (launch/prepare_data.py), on a stratified
+Every seed distils the same set (distill.seed is 0 whatever seeds.init is),
+so seeds 1 and 2 may load seed 0's instead of distilling it again, starting
+images included: --config.seeds.init=1
+--config.distill.load_path=runs/c10s/seed0/distill/synthetic.npz. That
+is how the results page's three seeds ran.
+
+Or, with tfds CIFAR-10 prepared (launch/prepare_data.py), on a stratified
 5,000 / 1,000 subset: --config.data.name=cifar10 (the default here). Seeds
 are sweep jobs (config.sweep: seeds.init 0, 1, 2; launch/sweep.py, then
 launch/aggregate.py pools them); configs/cifar10_small_w128.py is the
@@ -100,29 +106,33 @@ def _analysis(config) -> None:
   a.landscape.chunk_points = 1
   a.hessian.enabled = False
   a.instability.enabled = True
-  # Epoch 0 reuses the barrier copies above; epoch 2 is where the issue's
-  # probe found the dense net stable (6.4% at init, 0.7% at epoch 2 of 10).
-  # The accelerator variant runs the whole curve (configs/cifar10_small_w128.py).
-  a.instability.rewind_epochs = (0.0, 2.0)
+  # Epoch 0 only: it reuses the barrier copies above and costs nothing. Epoch
+  # 2 (where the dense net is stable: 6.4% at init, 0.7% at epoch 2 of 10)
+  # costs 15 trainings, which the connectivity measures need more on 2 cores;
+  # the accelerator variant runs the whole curve (configs/cifar10_small_w128.py).
+  a.instability.rewind_epochs = (0.0,)
   _connectivity(a)
 
 
 def _connectivity(a) -> None:
-  """Cost: these measures add ~35 trainings to a seed (cross-seed 17, mask
-  transfer 16, at ~30 s each on 2 CPU cores), so one seed with them takes
-  over an hour there (seed 0, 2026-12-02: distill 12 min, IMP 13 min,
-  analysis > 50 min), not 45 min. On 2 cores, run them on one seed and leave
-  them off the others (--config.analysis.cross_seed.enabled=False
-  --config.analysis.mask_transfer.enabled=False).
+  """Cost: these measures add ~22 trainings to a seed (cross-seed: 2 new
+  inits x 5 models, and the 2 dense nets; mask transfer: 2 new inits x 3
+  masks x 2 kinds), at ~30 s each on 2 CPU cores, so one seed takes about an
+  hour there rather than 45 min (docs/results.md has the stage times). The
+  random source's mask is left out of mask transfer: it is drawn without
+  looking at any init, so it belongs to no basin that aligning could move it
+  into.
 
   Connectivity beyond SGD-noise copies, on the same 31-alpha grid: the
   barrier between IMP's successive rounds of each source (Paul et al. 2023);
   nets of 3 init seeds under one mask, naive and after weight or activation
   matching (Entezari et al. 2022, Ainsworth et al. 2023), for the dense net
-  and each source's sparsest mask; and each sparsest mask trained from 2 new
-  inits as it is and permuted into the new init's basin (Adnan et al. 2025).
+  and each source's sparsest mask; and the sparsest mask of each source but
+  random trained from 2 new inits as it is and permuted into the new init's
+  basin (Adnan et al. 2025).
   Instance norm leaves nothing for REPAIR to correct (docs/connectivity.md),
   so the paths are plain interpolations."""
   a.successive_rounds.update(enabled=True, num_alphas=31)
   a.cross_seed.update(enabled=True, num_inits=3, num_alphas=31, chunk_alphas=1)
-  a.mask_transfer.update(enabled=True, num_inits=3, num_alphas=31, chunk_alphas=1)
+  a.mask_transfer.update(enabled=True, num_inits=3, num_alphas=31, chunk_alphas=1,
+                         sources=("real", "distilled", "subset"))

@@ -177,14 +177,22 @@ def sweep_tables(root: str) -> Tables:
   records = logs.read_json(os.path.join(root, "aggregate.json"))
   done = [r for r in records if r.get("status") == "done"]
   tables: Tables = [
-      ("Error barrier vs sparsity per mask source (hierarchical bootstrap over seeds and pairs)",
+      ("Error barrier vs sparsity per mask source (max over alpha minus the endpoints' mean; "
+       "hierarchical bootstrap over seeds and pairs)",
        pooled._sparsity_table(study["barriers"])),  # pylint: disable=protected-access
       (f"Mask sources compared at matched sparsity, paired by seed "
        f"({_first_split(study['comparisons'])})",
        report.comparison_text(_on_first_split(study["comparisons"]))),
       ("Test accuracy of the copies", pooled._accuracy_table(study["barriers"]))]  # pylint: disable=protected-access
+  if any("error_barrier_chord_ci" in r for r in study["barriers"]):
+    tables.insert(1, ("Error barrier vs sparsity, chord definition (max over alpha above the "
+                      "line between the endpoints)",
+                      pooled._sparsity_table(study["barriers"], "error_barrier_chord_ci")))  # pylint: disable=protected-access
   if study.get("instability"):
     tables.append(("Instability vs rewind point", report.instability_table(study["instability"])))
+  for section in study.get("measure_sections", {}).values():  # the measures' pooled sections
+    body = [line for line in section[1:] if not line.startswith("![")]
+    tables.append((section[0].lstrip("# "), "\n\n".join(body)))
   dense = [r["summary.train.test_accuracy"] for r in done if "summary.train.test_accuracy" in r]
   if dense:
     ci = stats.mean_accuracy_ci(dense, int(done[0]["summary.num_test"]))

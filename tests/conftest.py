@@ -71,3 +71,29 @@ def run_main(*args, timeout=300, **kwargs):
   import subprocess  # pylint: disable=g-import-not-at-top
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", "main.py"), *args],
                         capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs)
+
+
+def second_seed(workdir, table, shift):
+  """{0: workdir's results.json, 1: a copy as another init seed's job would
+  write it}: every record of results[table] passed through shift(row), and
+  every seed field set to 1. For the measures' pooling over seeds."""
+  import copy  # pylint: disable=import-outside-toplevel
+  from lmcjax import logs  # pylint: disable=import-outside-toplevel
+  results = logs.read_json(os.path.join(workdir, "results.json"))
+  other = copy.deepcopy(results)
+  for rows in other.values():
+    for row in rows if isinstance(rows, list) else ():
+      if isinstance(row, dict) and "seed" in row:
+        row["seed"] = 1
+  other[table] = [shift(row) for row in other[table]]
+  return {0: results, 1: other}
+
+
+def make_tables():
+  """docs/make_tables.py as a module (docs/ is no package)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(
+      "make_tables", os.path.join(REPO, "docs", "make_tables.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

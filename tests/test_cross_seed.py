@@ -18,6 +18,7 @@ from lmcjax import masks
 from lmcjax import modelid
 from lmcjax import models
 from lmcjax import pipeline
+from lmcjax import pooled
 from lmcjax import runtime
 from lmcjax import validate
 from lmcjax import workdir as layout
@@ -191,3 +192,46 @@ def test_a_disabled_section_changes_nothing():
   c = _config()
   c.analysis.cross_seed.update(enabled=False, num_inits=1)  # not checked when off
   pipeline.check_config(c)
+
+
+def test_pooling_over_seeds_gives_one_row_per_model_alignment_and_mode(run, tmp_path):
+  wd, _ = run
+  shifted = lambda r: {**r, "error_barriers": [v + 0.1 for v in r["error_barriers"]]}
+  per_seed = conftest.second_seed(wd, "cross_seed", shifted)
+  part = cross_seed.pool(str(tmp_path), per_seed)
+  rows, own = part.tables["cross_seed"], per_seed[0]["cross_seed"]
+  assert [(r["model"], r["alignment"], r["bn_mode"]) for r in rows] == [
+      (r["model"], r["alignment"], r["bn_mode"]) for r in own]
+  for pooled_row, r in zip(rows, own):
+    ci = pooled_row["error_barrier_ci"]
+    assert ci["num_seeds"] == 2 and ci["num_pairs"] == 2 * len(r["error_barriers"])
+    assert ci["estimate"] == pytest.approx(np.mean(r["error_barriers"]) + 0.05)
+  # Per model and mode, naive against activation matching; then real against
+  # nothing (one sparse source): paired by seed.
+  comparisons = part.tables["cross_seed_comparisons"]
+  assert len(comparisons) == 2 * 2  # dense and real_r01, in two BN modes
+  assert all(c["num_seeds"] == 2 for c in comparisons)
+  assert part.lines[0] == "## Connectivity across init seeds, pooled"
+  assert "2 init seeds (0, 1)" in part.lines[1]
+  assert all(os.path.getsize(tmp_path / f"pooled_cross_seed_{mode}.png") > 0
+             for mode in ("interpolate", "repair"))
+
+
+def test_a_sweep_root_pools_the_measures_into_pooled_md(run, tmp_path):
+  wd, _ = run
+  per_seed = conftest.second_seed(wd, "cross_seed", lambda r: r)
+  for seed, results in per_seed.items():
+    os.makedirs(tmp_path / f"job{seed}")
+    logs.write_json(str(tmp_path / f"job{seed}" / "results.json"), results)
+  study = pooled.study(str(tmp_path), [{"job": "job0"}, {"job": "job1"}])
+  assert study["seeds"] == ["0", "1"] and len(study["cross_seed"]) == len(per_seed[0]["cross_seed"])
+  assert all("error_barrier_chord_ci" in r for r in study["barriers"])
+  text = (tmp_path / "pooled.md").read_text()
+  assert "## Connectivity across init seeds, pooled" in text
+  assert "## Error barrier vs sparsity, chord definition" in text
+  assert study["measure_sections"]["cross_seed"][0] == "## Connectivity across init seeds, pooled"
+  # docs/make_tables.py puts each pooled section into the study's page.
+  logs.write_json(str(tmp_path / "aggregate.json"), [])
+  headings = [h for h, _ in conftest.make_tables().sweep_tables(str(tmp_path))]
+  assert "Connectivity across init seeds, pooled" in headings
+  assert any(h.startswith("Error barrier vs sparsity, chord definition") for h in headings)

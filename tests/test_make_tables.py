@@ -1,6 +1,5 @@
 """docs/make_tables.py: tables made from a finished run's outputs, written into
 a page's marked region, and one line for a run or page it cannot use."""
-import importlib.util
 import json
 import os
 
@@ -9,20 +8,12 @@ import pytest
 import conftest
 
 
-def _make_tables():
-  spec = importlib.util.spec_from_file_location(
-      "make_tables", os.path.join(conftest.REPO, "docs", "make_tables.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_tables_land_in_the_pages_region_with_the_runs_numbers(smoke_pipeline, tmp_path):
   workdir, _ = smoke_pipeline
   page = tmp_path / "results.md"
   page.write_text("# Results\n\n<!-- tables:smoke begin -->\nstale\n<!-- tables:smoke end -->\n"
                   "after\n")
-  _make_tables().main([f"smoke={workdir}", "--into", str(page), "--cpu", "Test CPU 9000"])
+  conftest.make_tables().main([f"smoke={workdir}", "--into", str(page), "--cpu", "Test CPU 9000"])
   text = page.read_text()
   assert "stale" not in text and text.endswith("after\n")
   region = text.split("<!-- tables:smoke begin -->")[1].split("<!-- tables:smoke end -->")[0]
@@ -39,10 +30,10 @@ def test_a_page_without_the_region_is_one_line(smoke_pipeline, tmp_path):
   page = tmp_path / "results.md"
   page.write_text("# Results\n")
   with pytest.raises(SystemExit, match="needs exactly one '<!-- tables:smoke begin -->'"):
-    _make_tables().main([f"smoke={workdir}", "--into", str(page)])
+    conftest.make_tables().main([f"smoke={workdir}", "--into", str(page)])
   assert page.read_text() == "# Results\n"
 
 
 def test_a_directory_that_is_no_run_is_one_line(tmp_path):
   with pytest.raises(SystemExit, match="has neither results.json"):
-    _make_tables().main([str(tmp_path)])
+    conftest.make_tables().main([str(tmp_path)])

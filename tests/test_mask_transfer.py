@@ -163,3 +163,32 @@ def test_bad_sections_are_one_line_before_compute(edit, match):
   edit(c)
   with pytest.raises(validate.InputError, match=match):
     pipeline.check_config(c)
+
+
+def test_pooling_over_seeds_pairs_aligned_with_as_is_and_the_sources(run, tmp_path):
+  wd, _ = run
+
+  def shifted(r):  # the second seed's transfers lose 0.1 of accuracy
+    if r["kind"] == "ticket":
+      return r
+    return {**r, "test_accuracy": [v - 0.1 for v in r["test_accuracy"]]}
+
+  per_seed = conftest.second_seed(wd, "mask_transfer", shifted)
+  part = mask_transfer.pool(str(tmp_path), per_seed)
+  rows, own = part.tables["mask_transfer"], per_seed[0]["mask_transfer"]
+  assert [(r["model"], r["kind"]) for r in rows] == [(r["model"], r["kind"]) for r in own]
+  for pooled_row, r in zip(rows, own):
+    drop = 0.0 if r["kind"] == "ticket" else 0.05
+    assert pooled_row["test_accuracy_ci"]["estimate"] == pytest.approx(
+        np.mean(r["test_accuracy"]) - drop)
+    assert pooled_row["test_accuracy_ci"]["count"] == 2  # seed means
+    if r["kind"] != "ticket":
+      ci = pooled_row["barriers"]["activation_matching/interpolate"]["error_barrier_ci"]
+      assert ci["num_seeds"] == 2
+  comparisons = part.tables["mask_transfer_comparisons"]
+  # Aligned vs as is per mask, then the two masks' drops for each kind.
+  assert [c["kind"] for c in comparisons] == (["aligned vs as_is"] * len(SOURCES)
+                                              + list(mask_transfer.KINDS))
+  assert all(c["num_seeds"] == 2 for c in comparisons)
+  assert part.lines[0] == "## Mask transfer to new inits, pooled"
+  assert os.path.getsize(tmp_path / "pooled_mask_transfer.png") > 0

@@ -130,6 +130,7 @@ def test_a_section_of_no_registered_measure_is_refused():
     (dict(run=None, run_across=None), "without 'run' or 'run_across'"),
     (dict(record=None), "declares no 'record' and 'records'"),
     (dict(records=()), "declares no 'record' and 'records'"),
+    (dict(pool=lambda root, per_seed: None), "declares no 'report' that writes them"),
     (dict(name="instability"), "measure 'instability' is registered twice"),
     (dict(section="hessian"), "section 'hessian' is taken by measure 'hessian'"),
     (dict(records=("barriers",)), "records 'barriers', which measure 'interpolation' records"),

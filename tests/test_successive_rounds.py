@@ -113,3 +113,21 @@ def test_the_report_names_rewind_points_the_rounds_were_not_trained_from(tmp_pat
   assert "from step(s) 0, 20 of the dense run, which no IMP round trains from" in other.lines[1]
   nothing = successive_rounds.report(str(tmp_path), {"seed": 3})
   assert (nothing.tables, nothing.lines) == ({}, [])
+
+
+def test_pooling_over_seeds_gives_each_path_a_ci_over_seeds(run, tmp_path):
+  wd, _ = run
+  shifted = lambda r: {**r, "error_barrier": r["error_barrier"] + 0.02}
+  per_seed = conftest.second_seed(wd, "successive_rounds", shifted)
+  part = successive_rounds.pool(str(tmp_path), per_seed)
+  rows, own = part.tables["successive_rounds"], per_seed[0]["successive_rounds"]
+  assert [(r["source"], r["round"]) for r in rows] == [(r["source"], r["round"]) for r in own]
+  for pooled_row, r in zip(rows, own):
+    ci = pooled_row["error_barrier_ci"]
+    assert ci["num_seeds"] == 2 and ci["estimate"] == pytest.approx(r["error_barrier"] + 0.01)
+    assert ci["low"] < ci["high"]
+  # real against random, once per pair of rounds.
+  comparisons = part.tables["successive_rounds_comparisons"]
+  assert [(c["a"], c["b"]) for c in comparisons] == [("real", "random")] * ROUNDS
+  assert part.lines[0] == "## Successive IMP rounds, pooled"
+  assert os.path.getsize(tmp_path / "pooled_successive_rounds.png") > 0

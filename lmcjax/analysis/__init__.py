@@ -13,7 +13,9 @@
   cross_seed.py     barriers between nets of different inits, naive and
                     aligned (across models; its own report section);
   mask_transfer.py  IMP masks trained from new inits, as they are and aligned
-                    (across models; its own report section).
+                    (across models; its own report section);
+  pooling.py        helpers for the measures' `pool` hooks, which pool their
+                    results.json rows over a sweep's init seeds.
 
 A new measure is one module that builds a measures.Measure and one line below
 that registers it; the order below is the order the measures run in.

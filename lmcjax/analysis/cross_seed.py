@@ -32,6 +32,7 @@ from lmcjax import stats
 from lmcjax import validate
 from lmcjax.analysis import inits as inits_lib
 from lmcjax.analysis import measures
+from lmcjax.analysis import pooling
 from lmcjax.connectivity import permute
 from lmcjax.connectivity import repair
 
@@ -304,6 +305,78 @@ def report(workdir: str, analysis: Dict[str, Any]) -> measures.Report:
   return measures.Report({NAME: rows}, lines)
 
 
+# ---------------------------------------------------------------- pooled over seeds
+
+
+def _pooled_row(by_seed: Dict[Any, Dict[str, Any]]) -> Dict[str, Any]:
+  first = pooling.first_row(by_seed)
+  return {**{k: first[k] for k in ("model", "source", "round", "sparsity", "alignment",
+                                    "bn_mode", "split", "num_inits", "align_masks")},
+          "pairs_by_seed": {str(s): r["error_barriers"] for s, r in by_seed.items()},
+          "error_barrier_ci": pooling.ci_over_seeds(by_seed, lambda r: r["error_barriers"]),
+          "error_barrier_chord_ci": pooling.ci_over_seeds(
+              by_seed, lambda r: r["error_barrier_chords"]),
+          "test_accuracy_ci": pooling.accuracy_over_seeds(
+              by_seed, lambda r: r["test_accuracy_ci"]["estimate"],
+              first["test_accuracy_ci"]["n"])}
+
+
+def _pooled_comparisons(groups) -> List[Dict[str, Any]]:
+  """Per model: naive against activation matching; per alignment: sparse
+  sources against each other at matched sparsity. All paired by seed."""
+  barriers = lambda r: r["error_barriers"]
+  out = []
+  for (model, alignment, mode), by_seed in groups.items():
+    if alignment == "activation_matching" and (model, "naive", mode) in groups:
+      out.append(pooling.paired_by_seed(groups[model, "naive", mode], by_seed, barriers,
+                                        f"{model} naive", f"{model} activation-matched",
+                                        "error barrier"))
+  sparse = {k: v for k, v in groups.items() if pooling.first_row(v)["source"] != "dense"}
+  match = lambda r: (round(r["sparsity"], 4), r["alignment"], r["bn_mode"])
+  for a, b in pooling.matched_pairs(sparse, match):
+    out.append(pooling.paired_by_seed(sparse[a], sparse[b], barriers, f"{a[0]} ({a[1]})",
+                                      f"{b[0]} ({b[1]})", "error barrier"))
+  return out
+
+
+def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
+  """results.json['cross_seed'] of every seed pooled: barrier CIs over seeds
+  and the pairs within each, per model, alignment and BN mode."""
+  groups = pooling.rows_by_key(per_seed, NAME,
+                               lambda r: (r["model"], r["alignment"], r["bn_mode"]))
+  if not groups:
+    return measures.Report({}, [])
+  rows = [_pooled_row(by_seed) for by_seed in groups.values()]
+  comparisons = _pooled_comparisons(groups)
+  cell = {(r["model"], r["alignment"], r["bn_mode"]): r for r in rows}
+  models_modes = list(dict.fromkeys((r["model"], r["bn_mode"]) for r in rows))
+  table = logs.markdown_table(
+      ["model", "sparsity", "BN"] + [f"{a.replace('_', ' ')} % [95% CI]" for a in ALIGNMENTS]
+      + ["activation matching, chord % [95% CI]", "nets' test acc % [95% CI over seed means]"],
+      [[m, f"{100 * cell[m, ALIGNMENTS[0], mode]['sparsity']:.1f}%", mode]
+       + [stats.format_ci(cell[m, a, mode]["error_barrier_ci"]) if (m, a, mode) in cell else ""
+          for a in ALIGNMENTS]
+       + [stats.format_ci(cell[m, ALIGNMENTS[-1], mode]["error_barrier_chord_ci"]),
+          stats.format_ci(cell[m, ALIGNMENTS[0], mode]["test_accuracy_ci"])]
+       for m, mode in models_modes])
+  first = rows[0]
+  lines = ["## Connectivity across init seeds, pooled",
+           f"Per job, nets from {first['num_inits']} inits of one model (init 0 is the job's "
+           f"own), every pair interpolated naively and after alignment, pooled over "
+           f"{pooling.seeds_text(per_seed)}: {first['split']} error barrier (endpoint mean, "
+           "and the chord definition after activation matching), hierarchical bootstrap over "
+           "the seeds and the pairs within each.", table,
+           "Paired by seed:\n" + pooling.comparison_lines(comparisons)]
+  for mode in dict.fromkeys(r["bn_mode"] for r in rows):
+    record = {"split": first["split"], "num_inits": first["num_inits"],
+              "models": {m: {"barriers": {f"{a}/{mode}": cell[m, a, mode] for a in ALIGNMENTS}}
+                         for m, md in models_modes if md == mode}}
+    png = plot(os.path.join(root, f"pooled_{NAME}_{mode}"), record, mode)
+    lines.append(f"![cross-seed barriers, BN {mode}]({os.path.relpath(png, root)})")
+  return measures.Report({NAME: rows, f"{NAME}_comparisons": comparisons}, lines)
+
+
 MEASURE = measures.Measure(
     name=NAME, section=NAME, check=check, run_across=run_across,
-    splits=lambda c: (c.split,) if c.enabled else (), defaults=DEFAULTS, report=report)
+    splits=lambda c: (c.split,) if c.enabled else (), defaults=DEFAULTS, report=report,
+    pool=pool)

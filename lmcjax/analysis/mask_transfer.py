@@ -38,6 +38,7 @@ from lmcjax import validate
 from lmcjax.analysis import cross_seed
 from lmcjax.analysis import inits as inits_lib
 from lmcjax.analysis import measures
+from lmcjax.analysis import pooling
 
 PyTree = Any
 NAME = "mask_transfer"
@@ -194,17 +195,21 @@ def _barrier_cell(row: Dict[str, Any], mode: str) -> str:
   return stats.format_ci(b["error_barrier_ci"]) if b else ""
 
 
+def _table(rows: List[Dict[str, Any]], modes, accuracy_heading: str) -> str:
+  return logs.markdown_table(
+      ["mask", "sparsity", "trained with", accuracy_heading]
+      + [f"barrier to the ticket % [95% CI], BN {mode}" for mode in modes],
+      [[r["model"], f"{100 * r['sparsity']:.1f}%", _KIND_TEXT[r["kind"]],
+        stats.format_ci(r["test_accuracy_ci"])] + [_barrier_cell(r, mode) for mode in modes]
+       for r in rows])
+
+
 def report(workdir: str, analysis: Dict[str, Any]) -> measures.Report:
   record = analysis.get(NAME)
   if not record:
     return measures.Report({}, [])
   rows, modes = records(record), record["bn_modes"]
-  table = logs.markdown_table(
-      ["mask", "sparsity", "trained with", "test acc % [95% CI]"]
-      + [f"barrier to the ticket % [95% CI], BN {mode}" for mode in modes],
-      [[r["model"], f"{100 * r['sparsity']:.1f}%", _KIND_TEXT[r["kind"]],
-        stats.format_ci(r["test_accuracy_ci"])] + [_barrier_cell(r, mode) for mode in modes]
-       for r in rows])
+  table = _table(rows, modes, "test acc % [95% CI]")
   sentences = [record["models"][n]["aligned_vs_as_is"]["sentence"] for n in record["models"]]
   sentences += [c["sentence"] for c in record["comparisons"]]
   lines = ["## Mask transfer to new inits",
@@ -220,7 +225,78 @@ def report(workdir: str, analysis: Dict[str, Any]) -> measures.Report:
   return measures.Report(tables, [line for line in lines if line])
 
 
+# ---------------------------------------------------------------- pooled over seeds
+
+
+def _pooled_row(by_seed: Dict[Any, Dict[str, Any]], modes) -> Dict[str, Any]:
+  first = pooling.first_row(by_seed)
+  out = {**{k: first[k] for k in ("model", "source", "round", "sparsity", "kind", "split",
+                                   "num_inits")},
+         "test_accuracy_by_seed": pooling.values_by_seed(by_seed, lambda r: r["test_accuracy"]),
+         "test_accuracy_ci": pooling.accuracy_over_seeds(
+             by_seed, lambda r: r["test_accuracy"], first["test_accuracy_ci"]["n"])}
+  if first["kind"] != "ticket":
+    out["barriers"] = {
+        f"activation_matching/{mode}": {
+            "error_barrier_ci": pooling.ci_over_seeds(
+                by_seed, lambda r, m=mode: r["barriers"][f"activation_matching/{m}"]
+                ["error_barriers"])} for mode in modes}
+  return out
+
+
+def _pooled_drops(groups, model: str, kind: str) -> Dict[Any, Dict[str, Any]]:
+  """{seed: {'drop': [ticket accuracy - transfer accuracy, per new init]}}."""
+  tickets, transfers = groups[model, "ticket"], groups[model, kind]
+  return {seed: {"drop": [tickets[seed]["test_accuracy"] - v for v in row["test_accuracy"]]}
+          for seed, row in transfers.items() if seed in tickets}
+
+
+def _pooled_comparisons(groups) -> List[Dict[str, Any]]:
+  """Per mask, aligned against as-is accuracy; per kind, every two masks'
+  accuracy drops from their tickets. Paired by seed."""
+  accuracy, drop = (lambda r: r["test_accuracy"]), (lambda r: r["drop"])
+  models = list(dict.fromkeys(model for model, _ in groups))
+  out = [{"kind": "aligned vs as_is", **pooling.paired_by_seed(
+      groups[m, "aligned"], groups[m, "as_is"], accuracy, f"{m} aligned", f"{m} as is",
+      "test accuracy")} for m in models]
+  for kind in KINDS:
+    for i, a in enumerate(models):
+      for b in models[i + 1:]:
+        out.append({"kind": kind, **pooling.paired_by_seed(
+            _pooled_drops(groups, a, kind), _pooled_drops(groups, b, kind), drop, a, b,
+            f"accuracy drop of the transfer ({kind})")})
+  return out
+
+
+def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
+  """results.json['mask_transfer'] of every seed pooled: accuracies over the
+  seed means, barriers to the ticket over seeds and new inits, paired by seed."""
+  groups = pooling.rows_by_key(per_seed, NAME, lambda r: (r["model"], r["kind"]))
+  if not groups:
+    return measures.Report({}, [])
+  modes = sorted({key.split("/", 1)[1] for by_seed in groups.values()
+                  for row in by_seed.values() for key in row.get("barriers", {})})
+  rows = [_pooled_row(by_seed, modes) for by_seed in groups.values()]
+  comparisons = _pooled_comparisons(groups)
+  table = _table(rows, modes, "test acc % [95% CI over seed means]")
+  first = rows[0]
+  lines = ["## Mask transfer to new inits, pooled",
+           f"Per job, each mask trained from {first['num_inits'] - 1} new init(s) as it is and "
+           "aligned to the new init's basin, and the original ticket; pooled over "
+           f"{pooling.seeds_text(per_seed)}. Accuracy: t-interval over the seeds' means; "
+           f"barrier ({first['split']} error, after activation matching): hierarchical "
+           "bootstrap over the seeds and the new inits within each.", table,
+           "Paired by seed:\n" + pooling.comparison_lines(comparisons)]
+  by_model: Dict[str, Dict[str, Any]] = {}
+  for r in rows:
+    by_model.setdefault(r["model"], {})[r["kind"]] = {"test_accuracy_ci": r["test_accuracy_ci"]}
+  png = plot(os.path.join(root, f"pooled_{NAME}"),
+             {"num_inits": first["num_inits"], "models": by_model})
+  lines.append(f"![mask transfer]({os.path.relpath(png, root)})")
+  return measures.Report({NAME: rows, f"{NAME}_comparisons": comparisons}, lines)
+
+
 MEASURE = measures.Measure(
     name=NAME, section=NAME, check=check, run_across=run_across,
-    splits=lambda c: (c.split,) if c.enabled else (), defaults=DEFAULTS, report=report)
-
+    splits=lambda c: (c.split,) if c.enabled else (), defaults=DEFAULTS, report=report,
+    pool=pool)

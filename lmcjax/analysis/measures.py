@@ -126,6 +126,10 @@ class Measure:
       results.json tables and its report.md section, from what it recorded
       (lmcjax/report.py adds them after the built-in sections, in
       registration order, and never names the measure).
+    pool: (sweep root, {seed: that seed's results.json}) -> Report: its
+      tables and pooled.md section over the init seeds of a sweep (lmcjax/
+      pooled.py adds them, in registration order), from the rows `report`
+      wrote to each seed's results.json; figures go under the root.
   """
   name: str
   section: str
@@ -140,6 +144,7 @@ class Measure:
   scalars: Optional[Callable[[ModelContext, Dict[str, Any]], Dict[str, float]]] = None
   defaults: Optional[Section] = None
   report: Optional[Callable[[str, Dict[str, Any]], "Report"]] = None
+  pool: Optional[Callable[[str, Dict[Any, Dict[str, Any]]], "Report"]] = None
 
   @property
   def per_model(self) -> bool:
@@ -178,6 +183,8 @@ def _check_properties(m: Measure) -> None:
                      "model but declares no 'record' and 'records' for summary.json")
   validate.require(m.run is not None or not (m.records or m.record or m.detail_only),
                    f"measure {m.name!r} declares per-model records but has no 'run'")
+  validate.require(m.pool is None or m.report is not None, f"measure {m.name!r} pools "
+                   "results.json rows over seeds but declares no 'report' that writes them")
   validate.require(m.figures is None or m.run is not None,
                    f"measure {m.name!r} draws 'figures' but has no per-model 'run'")
 
@@ -226,6 +233,12 @@ def reports(workdir: str, analysis: Dict[str, Any]) -> List[Tuple[str, Report]]:
     if m.report is not None:
       out.append((m.name, m.report(workdir, analysis)))
   return out
+
+
+def pooled_reports(root: str, per_seed: Dict[Any, Dict[str, Any]]) -> List[Tuple[str, Report]]:
+  """(name, Report) of every registered measure that declares `pool`, over the
+  seeds' results.json; a measure none of them recorded gives an empty Report."""
+  return [(m.name, m.pool(root, per_seed)) for m in _REGISTRY.values() if m.pool is not None]
 
 
 def section_of(a: Section, m: Measure) -> Section:

@@ -40,10 +40,12 @@ from lmcjax import mask_sources
 from lmcjax import masks
 from lmcjax import plots
 from lmcjax import progress
+from lmcjax import stats
 from lmcjax import validate
 from lmcjax import workdir as layout
 from lmcjax.analysis import interpolation
 from lmcjax.analysis import measures
+from lmcjax.analysis import pooling
 from lmcjax.analysis import targets
 
 PyTree = Any
@@ -208,5 +210,54 @@ def report(workdir: str, analysis: Dict[str, Any]) -> measures.Report:
   return measures.Report(tables={NAME: rows}, lines=lines)
 
 
+# ---------------------------------------------------------------- pooled over seeds
+
+
+def _pooled_row(by_seed: Dict[Any, Dict[str, Any]]) -> Dict[str, Any]:
+  first = pooling.first_row(by_seed)
+  out = {k: first[k] for k in ("source", "round", "next_round", "sparsity", "next_sparsity",
+                               "split", "evaluated_under")}
+  out["error_barrier_by_seed"] = {str(k): r["error_barrier"] for k, r in by_seed.items()}
+  for barrier in ("error_barrier", "error_barrier_chord", "error_start", "error_end"):
+    out[f"{barrier}_ci"] = pooling.ci_over_seeds(by_seed, lambda r, b=barrier: r[b])
+  return out
+
+
+def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
+  """results.json['successive_rounds'] of every seed pooled: each path's
+  barriers with CIs over the seeds, and the sources compared per round pair."""
+  groups = pooling.rows_by_key(per_seed, NAME, lambda r: (r["source"], r["round"]))
+  if not groups:
+    return measures.Report(tables={}, lines=[])
+  rows = [_pooled_row(by_seed) for by_seed in groups.values()]
+  barrier = lambda r: r["error_barrier"]
+  comparisons = [pooling.paired_by_seed(groups[a], groups[b], barrier, a[0], b[0],
+                                        f"error barrier of rounds {a[1]} to {a[1] + 1}")
+                 for a, b in pooling.matched_pairs(groups, lambda r: r["round"])]
+  table = logs.markdown_table(
+      ["source", "rounds", "sparsity", "endpoint errors %", "error barrier % [95% CI] "
+       "(endpoint mean)", "error barrier % [95% CI] (chord)"],
+      [[r["source"], f"{r['round']} to {r['next_round']}",
+        f"{100 * r['sparsity']:.1f}% to {100 * r['next_sparsity']:.1f}%",
+        f"{100 * r['error_start_ci']['estimate']:.2f} / {100 * r['error_end_ci']['estimate']:.2f}",
+        stats.format_ci(r["error_barrier_ci"]), stats.format_ci(r["error_barrier_chord_ci"])]
+       for r in rows])
+  series = {src: [{"x": r["next_round"], **{q: r["error_barrier_ci"][q]
+                                             for q in ("estimate", "low", "high")}}
+                  for r in rows if r["source"] == src]
+            for src in dict.fromkeys(r["source"] for r in rows)}
+  png = plots.plot_ci_lines(os.path.join(root, f"pooled_{NAME}"), series, "round k + 1",
+                            f"{rows[0]['split']} error barrier, round k to k + 1 (%), 95% CI",
+                            f"successive IMP rounds, {len(per_seed)} seeds")
+  lines = ["## Successive IMP rounds, pooled",
+           f"The barrier between IMP's solutions of rounds k and k + 1 under round k's mask "
+           f"(Paul et al. 2023), per source, over {pooling.seeds_text(per_seed)}: one path per "
+           "seed, so each interval is a bootstrap over the seeds. Endpoint errors are the "
+           "seeds' means.", table, "Paired by seed:\n" + pooling.comparison_lines(comparisons),
+           f"![successive IMP rounds]({os.path.relpath(png, root)})"]
+  return measures.Report(tables={NAME: rows, f"{NAME}_comparisons": comparisons}, lines=lines)
+
+
 MEASURE = measures.Measure(name=NAME, section=NAME, check=check, run_across=run_across,
-                           splits=lambda c: (c.split,), defaults=DEFAULTS, report=report)
+                           splits=lambda c: (c.split,), defaults=DEFAULTS, report=report,
+                           pool=pool)
