@@ -17,7 +17,11 @@ with one line. Network kinds and names:
   imp_distilled  'imp/SOURCE/round_KK/distilled': round k trained on the distilled
                  set (kept only with imp.rewind_non_prunable=False);
   branch         'analysis/MODEL/copy_II': SGD-noise copy i of an analysed model;
-  instability    'instability/MODEL/step_KKKKKKK/copy_II': a copy from step k.
+  instability    'instability/MODEL/step_KKKKKKK/copy_II': a copy from step k;
+  new_init       'inits/init_II/dense', 'inits/init_II/MODEL' and
+                 'inits/init_II/MODEL_aligned': the cross-seed and mask-transfer
+                 measures' nets from new init i (lmcjax.analysis.inits), dense,
+                 under MODEL's mask, and under that mask aligned to init i.
 """
 import dataclasses
 import functools
@@ -39,8 +43,9 @@ from lmcjax import validate
 from lmcjax import workdir as layout
 
 PyTree = Any
-KINDS = ("dense", "rewind", "imp", "imp_distilled", "branch", "instability")
+KINDS = ("dense", "rewind", "imp", "imp_distilled", "branch", "instability", "new_init")
 _ROUND = re.compile(r"^round_(\d+)$")
+_INIT = re.compile(r"^init_(\d+)$")
 _STEP = re.compile(r"^step_(\d+)$")
 _COPY = re.compile(r"^copy_(\d+)$")
 
@@ -123,6 +128,22 @@ def _analysis_networks(workdir: str) -> List[Network]:
   return out
 
 
+def _init_networks(workdir: str, config) -> List[Network]:
+  """The nets of new inits (lmcjax.analysis.inits' caches): dense, then masked."""
+  out = []
+  for i, folder in _subdirs(os.path.join(dense.run_dir(workdir, config), "inits"), _INIT):
+    out.append(Network(f"inits/init_{i:02d}/dense", "new_init", os.path.join(folder, "final")))
+  for i, folder in _subdirs(os.path.join(layout.analysis_dir(workdir), "inits"), _INIT):
+    for model in sorted(os.listdir(folder)):
+      # An aligned net keeps its permuted mask beside it; any other trained IMP's own.
+      net, aligned = os.path.join(folder, model), model.endswith("_aligned")
+      mask = (os.path.join(net, "mask") if aligned
+              else _analysed_mask(workdir, model))
+      out.append(Network(f"inits/init_{i:02d}/{model}", "new_init", os.path.join(net, "final"),
+                         mask))
+  return out
+
+
 class Run:
   """A finished (or partly finished) workdir: its networks, data and results."""
 
@@ -130,7 +151,7 @@ class Run:
     self.workdir = workdir
     self.config = read_config(workdir)
     found = (_dense_networks(workdir, self.config) + _imp_networks(workdir) +
-             _analysis_networks(workdir))
+             _analysis_networks(workdir) + _init_networks(workdir, self.config))
     self.networks: Dict[str, Network] = {n.name: n for n in found
                                          if checkpoints.exists(n.checkpoint)}
 

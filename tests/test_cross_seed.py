@@ -19,6 +19,7 @@ from lmcjax import modelid
 from lmcjax import models
 from lmcjax import pipeline
 from lmcjax import pooled
+from lmcjax import results
 from lmcjax import runtime
 from lmcjax import validate
 from lmcjax import workdir as layout
@@ -220,9 +221,9 @@ def test_pooling_over_seeds_gives_one_row_per_model_alignment_and_mode(run, tmp_
 def test_a_sweep_root_pools_the_measures_into_pooled_md(run, tmp_path):
   wd, _ = run
   per_seed = conftest.second_seed(wd, "cross_seed", lambda r: r)
-  for seed, results in per_seed.items():
+  for seed, seed_results in per_seed.items():
     os.makedirs(tmp_path / f"job{seed}")
-    logs.write_json(str(tmp_path / f"job{seed}" / "results.json"), results)
+    logs.write_json(str(tmp_path / f"job{seed}" / "results.json"), seed_results)
   study = pooled.study(str(tmp_path), [{"job": "job0"}, {"job": "job1"}])
   assert study["seeds"] == ["0", "1"] and len(study["cross_seed"]) == len(per_seed[0]["cross_seed"])
   assert all("error_barrier_chord_ci" in r for r in study["barriers"])
@@ -235,3 +236,18 @@ def test_a_sweep_root_pools_the_measures_into_pooled_md(run, tmp_path):
   headings = [h for h, _ in conftest.make_tables().sweep_tables(str(tmp_path))]
   assert "Connectivity across init seeds, pooled" in headings
   assert any(h.startswith("Error barrier vs sparsity, chord definition") for h in headings)
+
+
+def test_results_load_reloads_the_new_inits_nets(run):
+  wd, summary = run
+  loaded = results.load(wd)
+  names = loaded.names("new_init")
+  assert {"inits/init_01/dense", "inits/init_01/real_r01"} <= set(names)
+  recorded = summary["analysis"]["cross_seed"]["models"]
+  for name, model in (("inits/init_01/dense", "dense"), ("inits/init_01/real_r01", "real_r01")):
+    assert loaded.evaluate(name)["accuracy"] == pytest.approx(
+        recorded[model]["test_accuracy"][1], abs=1e-6)
+  # The masked net is zero outside IMP's mask, which it reloads with.
+  net, mask = loaded.params("inits/init_01/real_r01"), loaded.mask("inits/init_01/real_r01")
+  outside = jax.tree.map(lambda p, m: jnp.abs(p) * (1 - m), net, mask)
+  assert max(float(jnp.max(v)) for v in jax.tree.leaves(outside)) == 0.0
