@@ -27,7 +27,8 @@ without that region is an error, so a table cannot silently go missing.
 
 --figures DIR redraws a run's figures from the numbers saved beside them
 (analysis/interpolation.json, analysis/barrier_vs_sparsity.json,
-imp/imp.jsonl) with lmcjax.plots as DIR/NAME_<figure>.png, for the docs:
+imp/imp.jsonl), or a sweep root's pooled figures (ROOT/pooled_<figure>.json),
+with lmcjax.plots as DIR/NAME_<figure>.png, for the docs:
 
   python docs/make_tables.py default=runs/default --into docs/results.md \\
       --figures docs/figures
@@ -287,6 +288,23 @@ def redraw_figures(workdir: str, out_dir: str, name: str) -> List[str]:
   if os.path.exists(accuracy):
     figures["accuracy_vs_sparsity"] = plots.draw_accuracy_vs_sparsity(
         logs.read_jsonl(accuracy), imp.SOURCES)
+  return _save_figures(figures, out_dir, name)
+
+
+def redraw_pooled_figures(root: str, out_dir: str, name: str) -> List[str]:
+  """A sweep root's pooled figures (ROOT/pooled_<figure>.json, the numbers
+  plots.plot_ci_lines saved beside each) redrawn as OUT_DIR/NAME_<figure>.png."""
+  figures = {}
+  for entry in sorted(os.listdir(root)):
+    if entry.startswith("pooled_") and entry.endswith(".json"):
+      saved = logs.read_json(os.path.join(root, entry))
+      figures[entry[len("pooled_"):-len(".json")]] = plots.draw_ci_lines(
+          saved["series"], saved["xlabel"], saved["ylabel"], saved.get("title", ""),
+          saved["scale"], saved.get("xticklabels", ()))
+  return _save_figures(figures, out_dir, name)
+
+
+def _save_figures(figures: Dict[str, Any], out_dir: str, name: str) -> List[str]:
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for figure_name, fig in figures.items():
@@ -334,9 +352,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   blocks = [(name, block(paths, args.cpu)) for name, paths in named]
   if args.figures:
     for name, paths in named:
-      if len(paths) == 1 and os.path.exists(os.path.join(paths[0], "results.json")):
-        for path in redraw_figures(paths[0], args.figures, name):
-          print(f"make_tables: {path} ({os.path.getsize(path) // 1024} kB)", file=sys.stderr)
+      if len(paths) != 1:  # block() checked it holds results.json or pooled.json
+        continue
+      redraw = (redraw_pooled_figures if os.path.exists(os.path.join(paths[0], "pooled.json"))
+                else redraw_figures)
+      for path in redraw(paths[0], args.figures, name):
+        print(f"make_tables: {path} ({os.path.getsize(path) // 1024} kB)", file=sys.stderr)
   if not args.into:
     print("\n\n".join(f"<!-- tables:{name} -->\n{text}" for name, text in blocks))
     return

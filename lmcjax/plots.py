@@ -199,6 +199,7 @@ def plot_ci_lines(stem: str, series: Dict[str, List[Dict[str, float]]], xlabel: 
   """
   if save_numbers:
     logs.write_json(stem + ".json", {"xlabel": xlabel, "ylabel": ylabel, "scale": scale,
+                                     "title": title, "xticklabels": list(xticklabels),
                                      "series": series})
   return _save(draw_ci_lines(series, xlabel, ylabel, title, scale, xticklabels), stem)
 

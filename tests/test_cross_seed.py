@@ -236,6 +236,10 @@ def test_a_sweep_root_pools_the_measures_into_pooled_md(run, tmp_path):
   headings = [h for h, _ in conftest.make_tables().sweep_tables(str(tmp_path))]
   assert "Connectivity across init seeds, pooled" in headings
   assert any(h.startswith("Error barrier vs sparsity, chord definition") for h in headings)
+  # ... and redraws the pooled figures from the numbers saved beside them.
+  drawn = conftest.make_tables().redraw_pooled_figures(str(tmp_path), str(tmp_path / "figs"), "s")
+  assert {os.path.basename(p) for p in drawn} >= {"s_barrier_vs_sparsity.png",
+                                                   "s_cross_seed_interpolate.png"}
 
 
 def test_results_load_reloads_the_new_inits_nets(run):
