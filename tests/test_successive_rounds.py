@@ -131,3 +131,12 @@ def test_pooling_over_seeds_gives_each_path_a_ci_over_seeds(run, tmp_path):
   assert [(c["a"], c["b"]) for c in comparisons] == [("real", "random")] * ROUNDS
   assert part.lines[0] == "## Successive IMP rounds, pooled"
   assert os.path.getsize(tmp_path / "pooled_successive_rounds.png") > 0
+
+
+def test_pooling_counts_only_the_seeds_that_recorded_the_measure(run, tmp_path):
+  wd, _ = run
+  per_seed = conftest.second_seed(wd, "successive_rounds", lambda r: r)
+  per_seed[2] = {k: v for k, v in per_seed[1].items() if k != "successive_rounds"}
+  part = successive_rounds.pool(str(tmp_path), per_seed)
+  assert "2 init seeds (0, 1)" in part.lines[1]
+  assert all(r["error_barrier_ci"]["num_seeds"] == 2 for r in part.tables["successive_rounds"])

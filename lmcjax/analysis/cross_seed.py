@@ -363,7 +363,7 @@ def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
   lines = ["## Connectivity across init seeds, pooled",
            f"Per job, nets from {first['num_inits']} inits of one model (init 0 is the job's "
            f"own), every pair interpolated naively and after alignment, pooled over "
-           f"{pooling.seeds_text(per_seed)}: {first['split']} error barrier (endpoint mean, "
+           f"{pooling.seeds_text(groups)}: {first['split']} error barrier (endpoint mean, "
            "and the chord definition after activation matching), hierarchical bootstrap over "
            "the seeds and the pairs within each.", table,
            "Paired by seed:\n" + pooling.comparison_lines(comparisons)]

@@ -283,7 +283,7 @@ def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
   lines = ["## Mask transfer to new inits, pooled",
            f"Per job, each mask trained from {first['num_inits'] - 1} new init(s) as it is and "
            "aligned to the new init's basin, and the original ticket; pooled over "
-           f"{pooling.seeds_text(per_seed)}. Accuracy: t-interval over the seeds' means; "
+           f"{pooling.seeds_text(groups)}. Accuracy: t-interval over the seeds' means; "
            f"barrier ({first['split']} error, after activation matching): hierarchical "
            "bootstrap over the seeds and the new inits within each.", table,
            "Paired by seed:\n" + pooling.comparison_lines(comparisons)]

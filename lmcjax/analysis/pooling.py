@@ -68,9 +68,12 @@ def matched_pairs(groups: Mapping[Hashable, Mapping[Any, Row]],
           if match(first[a]) == match(first[b])]
 
 
-def seeds_text(per_seed: PerSeed) -> str:
-  plural = "s" if len(per_seed) != 1 else ""
-  return f"{len(per_seed)} init seed{plural} ({', '.join(map(str, per_seed))})"
+def seeds_text(groups: Mapping[Hashable, Mapping[Any, Row]]) -> str:
+  """'N init seeds (a, b, ...)': the seeds that recorded the measure (a sweep's
+  jobs may leave a measure off some seeds)."""
+  seeds = list(dict.fromkeys(seed for by_seed in groups.values() for seed in by_seed))
+  plural = "s" if len(seeds) != 1 else ""
+  return f"{len(seeds)} init seed{plural} ({', '.join(map(str, seeds))})"
 
 
 def first_row(by_seed: Mapping[Any, Row]) -> Row:

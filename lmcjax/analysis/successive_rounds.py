@@ -248,10 +248,10 @@ def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
             for src in dict.fromkeys(r["source"] for r in rows)}
   png = plots.plot_ci_lines(os.path.join(root, f"pooled_{NAME}"), series, "round k + 1",
                             f"{rows[0]['split']} error barrier, round k to k + 1 (%), 95% CI",
-                            f"successive IMP rounds, {len(per_seed)} seeds")
+                            f"successive IMP rounds, {pooling.seeds_text(groups)}")
   lines = ["## Successive IMP rounds, pooled",
            f"The barrier between IMP's solutions of rounds k and k + 1 under round k's mask "
-           f"(Paul et al. 2023), per source, over {pooling.seeds_text(per_seed)}: one path per "
+           f"(Paul et al. 2023), per source, over {pooling.seeds_text(groups)}: one path per "
            "seed, so each interval is a bootstrap over the seeds. Endpoint errors are the "
            "seeds' means.", table, "Paired by seed:\n" + pooling.comparison_lines(comparisons),
            f"![successive IMP rounds]({os.path.relpath(png, root)})"]
