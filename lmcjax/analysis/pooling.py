@@ -18,15 +18,14 @@ Row = Dict[str, Any]
 PerSeed = Mapping[Any, Mapping[str, Any]]  # {seed: that seed's results.json}
 
 
-def rows_by_key(per_seed: PerSeed, table: str, key: Callable[[Row], Hashable],
-                keep: Callable[[Row], bool] = lambda r: True) -> Dict[Hashable, Dict[Any, Row]]:
-  """{key(row): {seed: row}} over every seed's results[table] rows that `keep` accepts,
-  in the order the keys first appear."""
+def rows_by_key(per_seed: PerSeed, table: str,
+                key: Callable[[Row], Hashable]) -> Dict[Hashable, Dict[Any, Row]]:
+  """{key(row): {seed: row}} over every seed's results[table] rows, in the order
+  the keys first appear."""
   out: Dict[Hashable, Dict[Any, Row]] = {}
   for seed, results in per_seed.items():
     for row in results.get(table, []):
-      if keep(row):
-        out.setdefault(key(row), {})[seed] = row
+      out.setdefault(key(row), {})[seed] = row
   return out
 
 
@@ -63,7 +62,7 @@ def matched_pairs(groups: Mapping[Hashable, Mapping[Any, Row]],
   """(key_a, key_b) of every two groups whose rows agree on match(row) (e.g. the
   same sparsity and alignment, different sources), in key order."""
   keys = list(groups)
-  first = {k: next(iter(groups[k].values())) for k in keys}
+  first = {k: first_row(groups[k]) for k in keys}
   return [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:]
           if match(first[a]) == match(first[b])]
 
