@@ -10,7 +10,9 @@ either
 - a run's workdir: DIR/results.json and DIR/summary.json (the report stage
   writes them), DIR/distill/eval.json when it distilled; or
 - a sweep root: ROOT/pooled.json and ROOT/aggregate.json (launch/aggregate.py
-  writes them), and the job workdirs under it; or
+  writes them), and the job workdirs under it; or a dose-response root:
+  ROOT/dose_response.json (launch/aggregate.py, when the jobs differ in one
+  non-seed axis); or
 - several run workdirs, comma-separated, that distilled (configs/distill_mnist5k.py
   with each method): one table, a row per run's distilled set.
 
@@ -45,6 +47,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from lmcjax import dose_response
 from lmcjax import imp
 from lmcjax import logs
 from lmcjax import plots
@@ -240,7 +243,7 @@ def distill_comparison(workdirs: Sequence[str]) -> Tables:
 
 def _versions(path: str) -> List[Dict[str, Any]]:
   """The recorded software versions of a run, or of every finished job of a sweep."""
-  if os.path.exists(os.path.join(path, "pooled.json")):
+  if os.path.exists(os.path.join(path, "aggregate.json")):  # a sweep root
     records = logs.read_json(os.path.join(path, "aggregate.json"))
     return [{k.split(".")[-1]: v for k, v in r.items() if k.startswith("results.versions.")}
             for r in records if r.get("status") == "done"]
@@ -250,12 +253,18 @@ def _versions(path: str) -> List[Dict[str, Any]]:
 def block(paths: Sequence[str], cpu_flag: Optional[str] = None) -> str:
   """The markdown block of one input: where it came from, then its tables."""
   for path in paths:
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("results.json", "pooled.json")):
-      raise SystemExit(f"make_tables: {path} has neither results.json (a run; its report stage "
-                       "writes it) nor pooled.json (a sweep root; launch/aggregate.py writes it)")
+    if not any(os.path.exists(os.path.join(path, f))
+               for f in ("results.json", "pooled.json", "dose_response.json")):
+      raise SystemExit(f"make_tables: {path} has none of results.json (a run; its report stage "
+                       "writes it), pooled.json or dose_response.json (a sweep root; "
+                       "launch/aggregate.py writes them)")
   is_sweep = len(paths) == 1 and os.path.exists(os.path.join(paths[0], "pooled.json"))
+  is_dose = len(paths) == 1 and os.path.exists(_dose_json(paths[0]))
   if len(paths) > 1:
     tables, made_from = distill_comparison(paths), "summary.json, config.json"
+  elif is_dose:
+    tables = dose_response.tables(logs.read_json(_dose_json(paths[0])))
+    made_from = "dose_response.json"
   elif is_sweep:
     tables, made_from = sweep_tables(paths[0]), "pooled.json, aggregate.json"
   else:
@@ -291,14 +300,25 @@ def redraw_figures(workdir: str, out_dir: str, name: str) -> List[str]:
   return _save_figures(figures, out_dir, name)
 
 
+def _dose_json(root: str) -> str:
+  return os.path.join(root, f"{dose_response.STEM}.json")
+
+
 def redraw_pooled_figures(root: str, out_dir: str, name: str) -> List[str]:
-  """A sweep root's pooled figures (ROOT/pooled_<figure>.json, the numbers
-  plots.plot_ci_lines saved beside each) redrawn as OUT_DIR/NAME_<figure>.png."""
+  """A sweep root's pooled or dose-response figures (ROOT/pooled_<figure>.json,
+  ROOT/dose_response_<figure>.json: the numbers saved beside each) redrawn as
+  OUT_DIR/NAME_<figure>.png."""
   figures = {}
   for entry in sorted(os.listdir(root)):
-    if entry.startswith("pooled_") and entry.endswith(".json"):
-      saved = logs.read_json(os.path.join(root, entry))
-      figures[entry[len("pooled_"):-len(".json")]] = plots.draw_ci_lines(
+    prefix = next((p for p in ("pooled_", f"{dose_response.STEM}_") if entry.startswith(p)), "")
+    if not prefix or not entry.endswith(".json"):
+      continue
+    saved, figure = logs.read_json(os.path.join(root, entry)), entry[:-len(".json")]
+    if "panels" in saved:  # dose_response.plot_barrier_vs_set_accuracy's numbers
+      figures[figure] = dose_response.draw_barrier_vs_set_accuracy(
+          saved["panels"], saved["axis"], saved["measured_on"])
+    else:
+      figures[figure[len("pooled_"):] if prefix == "pooled_" else figure] = plots.draw_ci_lines(
           saved["series"], saved["xlabel"], saved["ylabel"], saved.get("title", ""),
           saved["scale"], saved.get("xticklabels", ()))
   return _save_figures(figures, out_dir, name)
@@ -354,8 +374,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name, paths in named:
       if len(paths) != 1:  # block() checked it holds results.json or pooled.json
         continue
-      redraw = (redraw_pooled_figures if os.path.exists(os.path.join(paths[0], "pooled.json"))
-                else redraw_figures)
+      is_root = any(os.path.exists(p) for p in (os.path.join(paths[0], "pooled.json"),
+                                                 _dose_json(paths[0])))
+      redraw = redraw_pooled_figures if is_root else redraw_figures
       for path in redraw(paths[0], args.figures, name):
         print(f"make_tables: {path} ({os.path.getsize(path) // 1024} kB)", file=sys.stderr)
   if not args.into:

@@ -178,16 +178,25 @@ def markdown(root: str, records: Sequence[Record], patterns: Sequence[str] = ())
   return "\n".join(lines) + "\n"
 
 
-def aggregate(root: str, patterns: Sequence[str] = ()) -> List[Record]:
+def aggregate(root: str, patterns: Sequence[str] = (), reference_root: str = "") -> List[Record]:
   """Writes ROOT/aggregate.json (a list of flat records) and ROOT/aggregate.md.
 
+  reference_root: another sweep root whose finished jobs supply, to a
+  dose-response, the sources its jobs leave out (dose_response.study).
   Returns the records.
   """
+  references = _finished(collect(reference_root)) if reference_root else []
+  validate.require(not reference_root or references,
+                   f"--reference_root {reference_root!r} holds no finished job")
   records = collect(root)
   logs.write_json(os.path.join(root, "aggregate.json"), records)
   logs.write_text(os.path.join(root, "aggregate.md"), markdown(root, records, patterns))
-  _pool(root, records)
+  _pool(root, records, references, reference_root)
   return records
+
+
+def _finished(records: Sequence[Record]) -> List[Record]:
+  return [r for r in records if r["status"] == DONE]
 
 
 def varying_axes(records: Sequence[Record]) -> List[str]:
@@ -196,10 +205,12 @@ def varying_axes(records: Sequence[Record]) -> List[str]:
           and len({repr(r.get(c)) for r in records}) > 1]
 
 
-def _pool(root: str, records: Sequence[Record]) -> None:
+def _pool(root: str, records: Sequence[Record], references: Sequence[Record] = (),
+          reference_root: str = "") -> None:
   """Pools the finished jobs over seeds (pooled.study), or per value of the one
-  non-seed axis they differ in (dose_response.study); two such axes are one line."""
-  done = [r for r in records if r["status"] == DONE]
+  non-seed axis they differ in (dose_response.study, with the reference jobs);
+  two such axes are one line."""
+  done = _finished(records)
   if not done:
     return
   axes = varying_axes(done)
@@ -208,7 +219,10 @@ def _pool(root: str, records: Sequence[Record]) -> None:
         f"the finished jobs differ in {len(axes)} non-seed axes, {', '.join(axes[:-1])} and "
         f"{axes[-1]}: pooling groups jobs by one axis (seeds pooled within), so pool each "
         "slice from its own root; aggregate.json and aggregate.md are written")
+  validate.require(axes or not references,
+                   f"--reference_root {reference_root!r} serves a dose-response, but the jobs "
+                   f"of {root!r} differ in no non-seed axis; aggregate.md is written")
   if axes:
-    dose_response.study(root, done, axes[0])
+    dose_response.study(root, done, axes[0], references, reference_root)
   else:
     pooled.study(root, done)

@@ -11,6 +11,11 @@ aggregate.md: ROOT/dose_response.{json,md} and three kinds of figure:
   - the question's figure: the barrier of each source that prunes on the
     distilled set against that set's test accuracy, one panel per sparsity,
     with the other sources (real, subset, random) as horizontal references.
+
+Sources the axis cannot change (real, subset, random for a distill.* axis)
+may come from another sweep root with the same seeds instead of from every
+job (launch/aggregate.py --reference_root): they are then reference lines,
+rows of their own table, and the other side of each paired comparison.
 """
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -24,6 +29,7 @@ from lmcjax import plots
 from lmcjax import pooled
 from lmcjax import report
 from lmcjax import stats
+from lmcjax import validate
 
 Record = Dict[str, Any]
 # The distill stage's evaluations in summary.json, as figure series: the
@@ -64,10 +70,32 @@ def _set_accuracy(jobs: Sequence[Record]) -> Dict[str, Record]:
 def _group(root: str, value: Any, jobs: Sequence[Record]) -> Record:
   per_seed = pooled.per_seed_results(root, jobs)
   barriers = pooled.pooled_barriers(per_seed) if per_seed else []
-  comparisons = report.source_comparisons(barriers, pairs_by_seed=lambda r: r["pairs_by_seed"])
   return {"value": value, "jobs": [r["job"] for r in jobs], "seeds": sorted(map(str, per_seed)),
-          "set_accuracy": _set_accuracy(jobs), "barriers": barriers,
-          "comparisons": comparisons}
+          "set_accuracy": _set_accuracy(jobs), "barriers": barriers}
+
+
+def reference_group(root: str, jobs: Sequence[Record], found: Sequence[Record]) -> Record:
+  """The reference root's pooled barriers of the models no group has, over
+  the seeds the groups have; a seed it lacks is one line."""
+  seeds = {seed for g in found for seed in g["seeds"]}
+  per_seed = {s: res for s, res in pooled.per_seed_results(root, jobs).items()
+              if str(s) in seeds}
+  missing = sorted(seeds - set(map(str, per_seed)))
+  validate.require(not missing, f"--reference_root {root!r} has no finished analysis for "
+                   f"seed(s) {', '.join(missing)}, which the dose-response jobs have")
+  present = {r["model"] for g in found for r in g["barriers"]}
+  barriers = [r for r in pooled.pooled_barriers(per_seed) if r["model"] not in present]
+  return {"value": "reference", "root": root, "jobs": [r["job"] for r in jobs],
+          "seeds": sorted(map(str, per_seed)), "set_accuracy": {}, "barriers": barriers}
+
+
+def _paired(found: Sequence[Record], ref: Optional[Record]) -> None:
+  """Each group's comparisons between sources, the reference's included: the
+  seeds match, so the differences are paired by seed as within one job."""
+  for g in found:
+    barriers = g["barriers"] + (ref["barriers"] if ref else [])
+    g["comparisons"] = report.source_comparisons(barriers,
+                                                 pairs_by_seed=lambda r: r["pairs_by_seed"])
 
 
 def _positions(values: Sequence[Any], axis: str) -> Tuple[List[float], str]:
@@ -261,14 +289,53 @@ def _comparison_lines(found: Sequence[Record], axis: str) -> List[str]:
   return lines
 
 
-def study(root: str, records: Sequence[Record], axis: str) -> Dict[str, Any]:
+def _reference_lines(ref: Record, where: str) -> List[str]:
+  rows = [[f"{100 * (r['sparsity'] or 0.0):.1f}%", plots.model_source(r["model"]),
+           stats.format_ci(r["error_barrier_ci"])]
+          for r in ref["barriers"] if r["measured_on"] == where]
+  return [f"## Reference sources ({where}), from {ref['root']}",
+          f"Seeds {', '.join(ref['seeds'])}, as in the groups above; the axis does not "
+          "change these sources, so their jobs ran once, in that sweep root.",
+          logs.markdown_table(["sparsity", "source", "barrier % [95% CI]"], rows)]
+
+
+def tables(out: Dict[str, Any]) -> List[Tuple[str, str]]:
+  """(heading, markdown) of a saved dose_response.json, for docs/make_tables.py:
+  the same tables and comparisons as dose_response.md."""
+  found, axis, ref = out["groups"], out["axis"], out.get("reference")
+  where = _first_where(found)
+  made = [(f"The distilled set vs {axis} (subset: the images it started from)",
+           _accuracy_table(found, axis))]
+  if where is None:
+    return made
+  made.append((f"Error barrier ({where}) vs {axis}", _barrier_table(found, axis, where)))
+  if ref:
+    heading, note, table = _reference_lines(ref, where)
+    made.append((heading.lstrip("# "), f"{note}\n\n{table}"))
+  comparisons = _comparison_lines(found, axis)
+  if comparisons:
+    made.append((f"Distilled-data sources compared, paired by seed, per {axis}",
+                 "\n\n".join(line.replace("### ", "*") + "*" if line.startswith("### ")
+                              else line for line in comparisons)))
+  return made
+
+
+def study(root: str, records: Sequence[Record], axis: str,
+          references: Sequence[Record] = (), reference_root: str = "") -> Dict[str, Any]:
   """Groups the finished jobs by `axis`, pools seeds within each group, writes
-  ROOT/dose_response.{json,md} and figures. {} when no job holds results."""
+  ROOT/dose_response.{json,md} and figures. {} when no job holds results.
+
+  references: finished jobs of reference_root, whose models that no group has
+  (e.g. real, subset, random) become reference lines and comparison partners.
+  """
   found = [_group(root, value, jobs) for value, jobs in groups(records, axis)]
+  ref = reference_group(reference_root, references, found) if references else None
+  _paired(found, ref)
   where = _first_where(found)
   if where is None and not any(g["set_accuracy"] for g in found):
     return {}
-  out = {"axis": axis, "values": [g["value"] for g in found], "groups": found, "figures": {}}
+  out = {"axis": axis, "values": [g["value"] for g in found], "groups": found, "figures": {},
+         "reference": ref}
   lines = [f"# Dose-response over {axis} ({len(found)} values, seeds pooled within each)",
            "Barrier intervals: hierarchical bootstrap over seeds, then pairs within each seed. "
            "Set accuracies: t-interval over the seeds' mean accuracies (never narrower than "
@@ -283,7 +350,8 @@ def study(root: str, records: Sequence[Record], axis: str) -> Dict[str, Any]:
     out["figures"].update(figures)
     lines += [f"## Error barrier ({where}) vs {axis} per mask source",
               _barrier_table(found, axis, where)] + _links(figures)
-    panels = _the_panels(found, where)
+    lines += _reference_lines(ref, where) if ref else []
+    panels = _the_panels(found + ([ref] if ref else []), where)
     out["panels"] = panels
     if panels:
       name = f"{STEM}_barrier_vs_set_accuracy"

@@ -12,9 +12,9 @@ distilled set and MTT's experts all come down to the same three pieces:
               losses for NaN/inf there and names the first bad step.
 `run` trains one copy; `run_copies` trains K copies, vmapped or one after the
 other (execution.resolve picks per backend). Copy i of run_copies is
-the run of `run` with the same copy: bit for bit when sequential; vmapped,
-bit for bit at small sizes and up to float rounding beyond them, where XLA:CPU
-sums some batched reductions in another order (see tests/test_engine.py).
+the run of `run` with the same copy: bit for bit when sequential; vmapped, up
+to float rounding, since XLA:CPU may sum batched reductions in another order
+(bit for bit at small sizes on some CPUs; see tests/test_engine.py).
 """
 import contextlib
 import dataclasses
@@ -242,8 +242,8 @@ def _vmapped_steps(program: Program, copies: Sequence[Copy], mask,
   one jit(vmap(step)) call per step. scan=None: scan, except for a
   convolutional net on XLA:CPU, which runs the convolutions of a scanned step
   ~22x slower than the same step alone (bench_analysis.py). Driven from
-  Python, the batched step is the single run's step vmapped: at the sizes of
-  tests/test_engine.py each copy is the single run bit for bit.
+  Python, the batched step is the single run's step vmapped: each copy is the
+  single run up to float rounding (tests/test_engine.py).
   """
   per_copy = not all(c.images is copies[0].images and c.labels is copies[0].labels
                      for c in copies)

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import make_tables
 from conftest import REPO
 from lmcjax import aggregate
 from lmcjax import logs
@@ -22,9 +23,11 @@ def _pairs(source, seed, dose_index):
   return [base + shift + 0.002 * seed + 0.001 * p for p in range(3)]
 
 
-def _results(seed, dose_index):
+def _results(seed, dose_index, sources):
   barriers = []
   for source, sparsity, rnd in SOURCES_AT:
+    if source not in sources:
+      continue
     model = source if rnd is None else f"{source}_r{rnd:02d}"
     barriers.append({"model": model, "source": source, "sparsity": sparsity, "seed": seed,
                      "measured_on": "test/interpolate",
@@ -38,11 +41,11 @@ def _set_accuracy(seed, dose_index):
   return 0.3 + 0.05 * dose_index + 0.01 * seed
 
 
-def make_root(root, axes):
+def make_root(root, axes, sources=tuple(s for s, _, _ in SOURCES_AT)):
   """A sweep root of finished fake jobs: manifest, sweep_job.json, config, summary, results.
 
   axes: (path, values) pairs as config.sweep.axes; 'seeds.init' gives the seed,
-  the position of the other axis' value the dose.
+  the position of the other axis' value the dose. sources: those analysed.
   """
   paths = [p for p, _ in axes]
   points = np.array(np.meshgrid(*[np.arange(len(v)) for _, v in axes], indexing="ij"))
@@ -65,7 +68,7 @@ def make_root(root, axes):
     logs.write_json(os.path.join(workdir, "summary.json"), {
         "num_test": 1000, "analysis": {},
         "distill": {"distilled": {"mean": acc}, "initial": {"mean": 0.25 + 0.01 * seed}}})
-    logs.write_json(os.path.join(workdir, "results.json"), _results(seed, dose_index))
+    logs.write_json(os.path.join(workdir, "results.json"), _results(seed, dose_index, sources))
   return jobs
 
 
@@ -105,6 +108,56 @@ def test_jobs_are_grouped_by_the_one_non_seed_axis(tmp_path, axis, values):
   md = open(os.path.join(root, "dose_response.md")).read()
   assert f"Dose-response over {axis} (2 values" in md
   assert not os.path.exists(os.path.join(root, "pooled.md"))
+
+
+def test_sources_the_jobs_leave_out_come_from_the_reference_root(tmp_path):
+  """Dose jobs with the distilled source alone, real and subset from a seed-only
+  root: the same lines, tables and paired comparisons as jobs that ran them all."""
+  both, dose, study = (str(tmp_path / name) for name in ("both", "dose", "study"))
+  axes = (("seeds.init", (0, 1)), ("distill.dm.iterations", (200, 1000)))
+  for root in both, dose, study:
+    os.makedirs(root)
+  make_root(both, axes)
+  make_root(dose, axes, sources=("dense", "distilled"))
+  make_root(study, (("seeds.init", (0, 1, 2)),))
+  aggregate.aggregate(both)
+  aggregate.aggregate(dose, reference_root=study)
+  want, got = (logs.read_json(os.path.join(r, "dose_response.json")) for r in (both, dose))
+  assert got["reference"]["seeds"] == ["0", "1"]  # seed 2 has no dose job: left out
+  assert {r["model"] for r in got["reference"]["barriers"]} == {"real_r01", "subset_r01"}
+  assert got["panels"][0]["lines"] == want["panels"][0]["lines"]
+  assert got["panels"][0]["points"] == want["panels"][0]["points"]
+  for g_want, g_got in zip(want["groups"], got["groups"]):
+    assert g_got["comparisons"] == g_want["comparisons"]
+  md = open(os.path.join(dose, "dose_response.md")).read()
+  assert f"Reference sources (test/interpolate), from {study}" in md
+  # The docs' block and figures come from dose_response.json alone.
+  tables = make_tables()
+  block = tables.block([dose], cpu_flag="a test CPU")
+  assert "from `dose/` (dose_response.json)" in block
+  assert f"**Reference sources (test/interpolate), from {study}**" in block
+  assert "distilled barrier % [95% CI]" in block and "*distill.dm.iterations = 200*" in block
+  drawn = tables.redraw_pooled_figures(dose, str(tmp_path / "figures"), "c10dose")
+  assert {os.path.basename(p) for p in drawn} >= {
+      "c10dose_dose_response_barrier_vs_set_accuracy.png",
+      "c10dose_dose_response_set_accuracy.png"}
+
+
+def test_a_reference_root_must_cover_the_seeds_and_serve_a_dose_response(tmp_path):
+  dose, study, seeds_only = (str(tmp_path / name) for name in ("dose", "study", "seeds"))
+  for root in dose, study, seeds_only:
+    os.makedirs(root)
+  make_root(dose, (("seeds.init", (0, 1)), ("distill.dm.iterations", (200, 1000))),
+            sources=("dense", "distilled"))
+  make_root(study, (("seeds.init", (0,)),))
+  make_root(seeds_only, (("seeds.init", (0, 1)),))
+  cases = ((dose, study, "has no finished analysis for seed(s) 1"),
+           (seeds_only, study, "differ in no non-seed axis"),
+           (dose, str(tmp_path / "nowhere"), "nowhere"))
+  for root, reference, words in cases:
+    with pytest.raises(validate.InputError) as e:
+      aggregate.aggregate(root, reference_root=reference)
+    assert "\n" not in str(e.value) and words in str(e.value)
 
 
 def test_a_reference_the_axis_changes_is_flagged(tmp_path):

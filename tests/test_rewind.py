@@ -1,6 +1,7 @@
 """Frankle-style rewinding, the dense run's rewind points, and the CPU branch path."""
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -38,6 +39,16 @@ def _equal(a, b) -> bool:
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+# Float rounding between two XLA programs that train the same run: the tolerance
+# of the vmapped branches in test_sequential_branches_are_train_run_bit_for_bit.
+ROUNDING = dict(rtol=2e-4, atol=2e-5)
+
+
+def _close(a, b) -> bool:
+  return all(np.allclose(np.asarray(x), np.asarray(y), **ROUNDING)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def test_schedule_continues_at_the_rewind_step():
   spec = _config().train
   full = train.make_schedule(spec, 30)
@@ -49,8 +60,8 @@ def test_schedule_continues_at_the_rewind_step():
 
 def test_continuing_the_dense_run_from_step_k_reproduces_it(tmp_path):
   # Plain SGD keeps no optimizer state, so a run resumed at step k of the
-  # dense run, with its seed path, must end exactly where the dense run ends:
-  # the remaining T - k steps, the schedule at k, the same data and augmentation.
+  # dense run, with its seed path, must end where the dense run ends: the
+  # remaining T - k steps, the schedule at k, the same data and augmentation.
   s = runtime.setup(_config(momentum=0.0))
   n = int(s.x_train.shape[0])
   steps = train.total_steps(s.config.train, n)
@@ -61,11 +72,12 @@ def test_continuing_the_dense_run_from_step_k_reproduces_it(tmp_path):
                                  seed_path=dense.SEED_PATH, stage="resumed", start_step=k)
   assert int(resumed.state.step) == steps
   assert resumed.cost["examples_seen"] == (steps - k) * 128
-  assert _equal(resumed.state.params, whole.state.params)
+  # Different XLA programs (the resumed schedule reads count + k); XLA:CPU's code differs per CPU.
+  chex.assert_trees_all_close(resumed.state.params, whole.state.params, **ROUNDING)
   # Restarting the schedule instead (a whole run from theta_k) ends elsewhere.
   restarted = runtime.train_run(s, s.config.train, start["params"], start["batch_stats"], None,
                                    seed_path=dense.SEED_PATH, stage="restarted")
-  assert not _equal(restarted.state.params, whole.state.params)
+  assert not _close(restarted.state.params, whole.state.params)
 
 
 def test_rewind_beyond_training_is_one_line(tmp_path):
