@@ -117,8 +117,9 @@ def _analysis(config) -> None:
 def _connectivity(a) -> None:
   """Cost: these measures add ~22 trainings to a seed (cross-seed: 2 new
   inits x 5 models, and the 2 dense nets; mask transfer: 2 new inits x 3
-  masks x 2 kinds), at ~30 s each on 2 CPU cores, so one seed takes about an
-  hour there rather than 45 min (docs/results.md has the stage times). The
+  masks x 2 kinds), at ~30 s each on 2 CPU cores, plus their 31-alpha paths:
+  seeds 0 and 1 took 2h07m and 2h23m run side by side on 2 cores, far over
+  the 45 min a seed had without them (docs/results.md has the stage times). The
   random source's mask is left out of mask transfer: it is drawn without
   looking at any init, so it belongs to no basin that aligning could move it
   into.

@@ -313,12 +313,12 @@ def redraw_pooled_figures(root: str, out_dir: str, name: str) -> List[str]:
     prefix = next((p for p in ("pooled_", f"{dose_response.STEM}_") if entry.startswith(p)), "")
     if not prefix or not entry.endswith(".json"):
       continue
-    saved, figure = logs.read_json(os.path.join(root, entry)), entry[:-len(".json")]
+    saved, figure = logs.read_json(os.path.join(root, entry)), entry[len(prefix):-len(".json")]
     if "panels" in saved:  # dose_response.plot_barrier_vs_set_accuracy's numbers
       figures[figure] = dose_response.draw_barrier_vs_set_accuracy(
           saved["panels"], saved["axis"], saved["measured_on"])
     else:
-      figures[figure[len("pooled_"):] if prefix == "pooled_" else figure] = plots.draw_ci_lines(
+      figures[figure] = plots.draw_ci_lines(
           saved["series"], saved["xlabel"], saved["ylabel"], saved.get("title", ""),
           saved["scale"], saved.get("xticklabels", ()))
   return _save_figures(figures, out_dir, name)

@@ -304,7 +304,7 @@ def tables(out: Dict[str, Any]) -> List[Tuple[str, str]]:
   the same tables and comparisons as dose_response.md."""
   found, axis, ref = out["groups"], out["axis"], out.get("reference")
   where = _first_where(found)
-  made = [(f"The distilled set vs {axis} (subset: the images it started from)",
+  made = [(f"The distilled set's test accuracy vs {axis}",
            _accuracy_table(found, axis))]
   if where is None:
     return made

@@ -35,5 +35,5 @@ def test_a_page_without_the_region_is_one_line(smoke_pipeline, tmp_path):
 
 
 def test_a_directory_that_is_no_run_is_one_line(tmp_path):
-  with pytest.raises(SystemExit, match="has neither results.json"):
+  with pytest.raises(SystemExit, match="has none of results.json"):
     conftest.make_tables().main([str(tmp_path)])
