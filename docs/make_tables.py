@@ -258,14 +258,13 @@ def block(paths: Sequence[str], cpu_flag: Optional[str] = None) -> str:
       raise SystemExit(f"make_tables: {path} has none of results.json (a run; its report stage "
                        "writes it), pooled.json or dose_response.json (a sweep root; "
                        "launch/aggregate.py writes them)")
-  is_sweep = len(paths) == 1 and os.path.exists(os.path.join(paths[0], "pooled.json"))
-  is_dose = len(paths) == 1 and os.path.exists(_dose_json(paths[0]))
+  kind = _root_kind(paths[0]) if len(paths) == 1 else None
   if len(paths) > 1:
     tables, made_from = distill_comparison(paths), "summary.json, config.json"
-  elif is_dose:
+  elif kind == "dose":
     tables = dose_response.tables(logs.read_json(_dose_json(paths[0])))
     made_from = "dose_response.json"
-  elif is_sweep:
+  elif kind == "pooled":
     tables, made_from = sweep_tables(paths[0]), "pooled.json, aggregate.json"
   else:
     tables, made_from = run_tables(paths[0]), "results.json, summary.json"
@@ -302,6 +301,14 @@ def redraw_figures(workdir: str, out_dir: str, name: str) -> List[str]:
 
 def _dose_json(root: str) -> str:
   return os.path.join(root, f"{dose_response.STEM}.json")
+
+
+def _root_kind(path: str) -> Optional[str]:
+  """'dose' or 'pooled' for a sweep root (what launch/aggregate.py pooled it
+  into), None for a run's workdir."""
+  if os.path.exists(_dose_json(path)):
+    return "dose"
+  return "pooled" if os.path.exists(os.path.join(path, "pooled.json")) else None
 
 
 def redraw_pooled_figures(root: str, out_dir: str, name: str) -> List[str]:
@@ -372,11 +379,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   blocks = [(name, block(paths, args.cpu)) for name, paths in named]
   if args.figures:
     for name, paths in named:
-      if len(paths) != 1:  # block() checked it holds results.json or pooled.json
+      if len(paths) != 1:  # block() checked each path holds results.json or a pooled study
         continue
-      is_root = any(os.path.exists(p) for p in (os.path.join(paths[0], "pooled.json"),
-                                                 _dose_json(paths[0])))
-      redraw = redraw_pooled_figures if is_root else redraw_figures
+      redraw = redraw_pooled_figures if _root_kind(paths[0]) else redraw_figures
       for path in redraw(paths[0], args.figures, name):
         print(f"make_tables: {path} ({os.path.getsize(path) // 1024} kB)", file=sys.stderr)
   if not args.into:
