@@ -2,10 +2,14 @@
 
   python bench/estimate_cost.py --config configs/cifar10_convnet.py [--tflops 5,20]
 
-Needs no data and runs nothing: it counts, from the config and with the
-stages' own step arithmetic (train.total_steps, IMP's rounds per source, the
-analysis targets), how many examples go through a train step or a forward
-pass in each stage, multiplies by the compiled train step's and eval pass's
+Runs nothing (an npz dataset is read for its sizes; the others are rows of
+DATASETS): it counts, from the config and with the stages' own step
+arithmetic (train.total_steps, IMP's rounds per source, the analysis
+targets), how many examples go through a train step or a forward pass in
+each stage; the analysis stage row by row: its SGD-noise copies, then what
+each enabled measure declares it computes (measures.Measure.cost, checked
+against what the measures do in tests/test_planned_cost.py). It multiplies
+by the compiled train step's and eval pass's
 FLOPs per example (XLA cost analysis of the config's model under
 config.train, augmentation included; every stage's train steps are priced at
 that rate), and prints hours at the given achieved TFLOP/s. Distillation
@@ -14,12 +18,16 @@ trajectory-matching step differentiates through a gradient: ~3 train steps
 per example, see OUTER_FACTOR in lmcjax/distill/methods.py). Counts are checked
 against a real run's records in tests/test_estimate_cost.py.
 
+For a CPU budget, pass the rate --measured reports for a finished run of a
+similar config on that CPU (e.g. --tflops 0.03 for 30 GFLOP/s).
+
 It is an estimate. The achieved rate is the unknown: measure it on the target
 accelerator with `python bench/bench_pipeline.py` (the GFLOP/s column) and pass
 it as --tflops. Check of the method on this CPU: configs/default.py's measured
 stage times against these FLOP counts give the achieved rates printed with
 --measured DIR (a finished run's workdir).
 """
+import collections
 import os
 import sys
 
@@ -34,6 +42,8 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 
 import bench_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax.analysis import measures  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import dense  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.distill import registry as distill_registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax.distill import stage as distill_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -42,6 +52,7 @@ from lmcjax import imp  # pylint: disable=g-import-not-at-top,wrong-import-posit
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import validate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> (train examples, test examples, image shape, classes); mnist5k is the default's split.
 DATASETS = {
@@ -69,8 +80,7 @@ def flops_per_example(model_cfg, spec, num_classes, image_shape):
   forward = evaluate.lower(state.params, state.batch_stats, data["image"], data["label"])
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   return (bench_train_step.step_flops(step, state, data, None) / batch,
-          bench_train_step.lowered_flops(forward) / batch, num_params,
-          bool(jax.tree.leaves(state.batch_stats)))
+          bench_train_step.lowered_flops(forward) / batch, num_params)
 
 
 def run_examples(spec, n: int) -> int:
@@ -120,83 +130,50 @@ def imp_counts(config, n_train: int, num_classes: int):
   return real, rounds * run_examples(c.distilled_train, n_syn)
 
 
-def analysed_models(config) -> int:
-  """How many models the analysis stage analyses: dense, plus every IMP source at
-  each analysed round (default its last; analysis.targets) unless targets are given."""
-  a = config.analysis
-  if a.targets:
-    targets = len(a.targets)
-  elif "imp" in config.stages and config.imp.rounds > 0:
-    targets = len(config.imp.sources) * max(1, len(a.rounds))
-  else:
-    targets = 0
-  return int(a.include_dense) + targets
-
-
-def analysis_counts(config, n_train: int, n_test: int, num_classes: int, num_params: int,
-                    has_bn: bool):
-  """(train-step examples, forward examples) of the analysis stage."""
+def analysis_counts(config, n_train: int, n_test: int, num_classes: int, module,
+                    num_params: int):
+  """[(part, train-step examples, forward examples)] of the analysis stage:
+  every analysed model's SGD-noise copies (the stage's own), then what each
+  enabled measure declares it computes (measures.Measure.cost; a net two
+  measures share is counted at the first)."""
   a, d = config.analysis, config.distill
   f = distill_stage.factor_of(d)
-  size = {"train": n_train, "test": n_test, "distilled": num_classes * d.ipc * f * f}
+  sizes = measures.Sizes({"train": n_train, "test": n_test,
+                          "distilled": num_classes * d.ipc * f * f}, module, num_params,
+                         num_classes)
   spec = config.train if a.reuse_config_train else a.branch_train
-  branches = a.num_branches * run_examples(spec, n_train)
-  pairs = a.num_branches * (a.num_branches - 1) // 2
-  points = pairs * analysis.interpolation.alphas(a).size
-  modes = len(a.bn_modes) if has_bn else 1
-  interp = points * modes * sum(size[s] for s in a.eval_splits)
-  if has_bn and "reset" in a.bn_modes:  # BN statistics recomputed at every alpha
-    interp += points * len(a.eval_splits) * a.bn_reset_batches * a.bn_reset_batch_size
-  grid = sum(a.landscape.resolution ** (1 if kind == "random_1d" else 2)
-             for kind in a.landscape.kinds) * size[a.landscape.split]
-  h = a.hessian
-  hess_batch = h.batch_size_examples * h.num_batches if h.num_batches else size[h.split]
-  # An HVP is a forward-over-backward, ~2 train steps; the GGN diagonal one
-  # backward pass per class; Lanczos at most lanczos_iters HVPs for the net
-  # and for each kernel block (3 kernels, as LeNet-300-100: an assumption);
-  # the exact diagonal one HVP per parameter on small models.
-  probes = 0 if h.method == "ggn" else h.max_probes
-  lanczos = h.lanczos_iters * (1 + (3 if h.layer_eigenvalues else 0))
-  density = h.density_probes * h.density_steps if h.density else 0
-  hvps = probes + lanczos + density + (num_params if num_params <= h.exact_max_params else 0)
-  hessian = (hvps * 2 + num_classes) * hess_batch if h.enabled else 0
-  per_model = branches + hessian, interp + grid
-  inst = instability_counts(config, n_train, size)
-  return tuple(analysed_models(config) * x + y for x, y in zip(per_model, inst))
+  num_models, num_detailed = analysis.targets.planned_counts(config)
+  parts = [("copies", num_models * a.num_branches * run_examples(spec, n_train), 0)]
+  for name, cost in measures.planned_costs(config, sizes, num_models, num_detailed):
+    parts.append((name, sum(cost.trainings.values()), cost.forward_examples))
+  return parts
 
 
-def instability_counts(config, n_train: int, size) -> tuple:
-  """(train-step, forward) examples of the instability curve: per model and
-  rewind epoch, copies training the remaining steps and their pairwise paths;
-  the point at the analysis' own start reuses its copies."""
-  a = config.analysis
-  c = a.instability
-  if not c.enabled:
-    return 0, 0
-  masked = len(config.imp.sources) * max(1, len(c.rounds)) if config.imp.rounds else 0
-  models = int(c.include_dense) + masked
-  batch = train.effective_batch(config.train, n_train)
-  steps = train.total_steps(config.train, n_train)
-  start_at = analysis.targets.start_step(config, n_train)
-  trained = forwards = 0
-  for epoch in c.rewind_epochs:
-    k = dense.epoch_step(config, n_train, epoch)
-    if k == start_at and analysis.instability.reuses_analysis_copies(a):
-      continue
-    trained += c.num_copies * (steps - dense.start_step(config.imp.rewind_schedule, k)) * batch
-    forwards += c.num_copies * (c.num_copies - 1) // 2 * c.num_alphas * size[c.split]
-  return models * trained, models * forwards
+def dataset_sizes(config):
+  """(train examples, test examples, image shape, classes) of config.data: an
+  npz is read (it is local; no pickles), the others are DATASETS' rows; the
+  subsets config.data asks for apply."""
+  name = config.data.name
+  if name == "npz":
+    ds = data_lib.load_npz(config.data.npz_path, config.data.get("num_classes", 0))
+    n_train, n_test = len(ds.y_train), len(ds.y_test)
+    shape, classes = tuple(ds.image_shape), ds.num_classes
+  else:
+    validate.choice("data.name", name, tuple(DATASETS) + ("npz",))
+    n_train, n_test, shape, classes = DATASETS[name]
+  # Stratified subsets (lmcjax/data.py); 0 keeps the split whole.
+  return (config.data.get("train_subset") or n_train, config.data.get("test_subset") or n_test,
+          shape, classes)
 
 
 def estimate(config):
-  """Rows (stage, train-step examples, TFLOP) for config's stages, and the
-  model's (train step, forward) FLOPs per example. Every stage's train steps
-  are priced at config.train's per-example rate (its augmentation included)."""
-  n_train, n_test, shape, classes = DATASETS[config.data.name]
-  n_train = config.data.get("train_subset") or n_train  # stratified subsets (lmcjax/data.py)
-  n_test = config.data.get("test_subset") or n_test
-  fpe_train, fpe_fwd, num_params, has_bn = flops_per_example(config.model, config.train, classes,
-                                                            shape)
+  """Rows (stage, train-step examples, TFLOP, whether it is a part of the
+  stage above) for config's stages, the analysis stage followed by its parts
+  (analysis_counts), and the model's (train step, forward) FLOPs per example.
+  Every stage's train steps are priced at config.train's per-example rate
+  (its augmentation included); a forward example counts as 1/3 of one."""
+  n_train, n_test, shape, classes = dataset_sizes(config)
+  fpe_train, fpe_fwd, num_params = flops_per_example(config.model, config.train, classes, shape)
   rows = []
   if "distill" in config.stages:
     outer, evals = distill_counts(config, n_train, classes)
@@ -208,10 +185,35 @@ def estimate(config):
   if "imp" in config.stages:
     ex = sum(imp_counts(config, n_train, classes))
     rows.append(("imp", ex, ex * fpe_train / 1e12))
+  rows = [row + (False,) for row in rows]
   if "analysis" in config.stages:
-    tr, fwd = analysis_counts(config, n_train, n_test, classes, num_params, has_bn)
-    rows.append(("analysis", tr + fwd / 3, (tr * fpe_train + fwd * fpe_fwd) / 1e12))
+    module = models.create(config.model, classes)
+    parts = [(f"- {part}", trained + forward / 3, (trained * fpe_train + forward * fpe_fwd) / 1e12,
+              True)
+             for part, trained, forward in analysis_counts(config, n_train, n_test, classes,
+                                                           module, num_params)]
+    rows.append(("analysis", sum(p[1] for p in parts), sum(p[2] for p in parts), False))
+    rows += parts
   return rows, fpe_train, fpe_fwd
+
+
+def measured_seconds(workdir: str):
+  """Row name -> seconds a finished run spent on it: each stage (summary.json),
+  and the analysis stage's parts (analysis/summary.json: the copies and each
+  per-model measure summed over the models, each across-model measure)."""
+  summary = logs.read_json(os.path.join(workdir, "summary.json"))
+  out = {k: v["seconds"] for k, v in summary.items() if isinstance(v, dict) and "seconds" in v}
+  path = os.path.join(workdir, "analysis", "summary.json")
+  if os.path.exists(path):
+    analysed = logs.read_json(path)
+    parts = collections.Counter()
+    for model in analysed["models"].values():
+      for key, seconds in model.get("timings", {}).items():
+        parts["copies" if key == "branches_s" else key[:-len("_s")]] += seconds
+    for key, seconds in analysed.get("timings", {}).items():
+      parts[key[:-len("_s")]] += seconds
+    out.update({f"- {part}": seconds for part, seconds in parts.items()})
+  return out
 
 
 def main(argv):
@@ -219,11 +221,7 @@ def main(argv):
   config = FLAGS.config
   rates = [float(r) for r in FLAGS.tflops.split(",")]
   rows, fpe_train, fpe_fwd = estimate(config)
-  measured = {}
-  if FLAGS.measured:
-    summary = logs.read_json(os.path.join(FLAGS.measured, "summary.json"))
-    measured = {k: v["seconds"] for k, v in summary.items()
-                if isinstance(v, dict) and "seconds" in v}
+  measured = measured_seconds(FLAGS.measured) if FLAGS.measured else {}
   print(f"# {config.data.name}, model {config.model.name}: {fpe_train / 1e6:.1f} MFLOP per example "
         f"per train step, {fpe_fwd / 1e6:.1f} per forward (XLA cost analysis)")
   head = ["stage", "train-step examples", "TFLOP"] + [f"hours @ {r:g} TFLOP/s" for r in rates]
@@ -232,8 +230,8 @@ def main(argv):
   print("| " + " | ".join(head) + " |")
   print("|" + " --- |" * len(head))
   total = 0.0
-  for name, examples, tflop in rows:
-    total += tflop
+  for name, examples, tflop, part in rows:
+    total += 0.0 if part else tflop
     cells = [name, f"{examples:,.0f}", f"{tflop:,.1f}"] + [f"{tflop / r / 3600:.2f}" for r in rates]
     if measured and name in measured:
       cells += [f"{measured[name]:.0f}", f"{tflop * 1e3 / measured[name]:.1f}"]

@@ -12,7 +12,8 @@ of 5,170, and images that were optimised. The 'subset' source (IMP with the
 distilled source's recipe on the real images DM started from) is DM at 0
 iterations. This sweep runs DM at 200, 1,000 (the study's value) and 4,000
 iterations, so the distilled set's test accuracy rises and the barrier of
-distilled-IMP masks can be read against it. Each job runs IMP and barriers
+distilled-IMP masks can be read against it; every job also measures the
+starting images' accuracy (DM at 0). Each job runs IMP and barriers
 for the distilled source only: real, subset and random IMP do not depend on
 the iteration count, so aggregate.py takes them, as reference lines, from the
 study's sweep root (--reference_root: configs/cifar10_small.py, same seeds),
@@ -36,6 +37,11 @@ def get_config():
   # over seeds would leave out the set's own randomness.
   config.distill.seed = config.seeds.get_ref("init") + 0
   config.sweep.axes = (("seeds.init", (0, 1, 2)), ("distill.dm.iterations", DM_ITERATIONS))
+  # DM at 0 iterations: the test accuracy of nets trained on the starting
+  # images (the subset source's set), beside the distilled set's, in every
+  # job: the 'subset' column of the set-accuracy table (3 more 300-epoch
+  # trainings on 100 images, under a minute on 2 cores).
+  config.distill.eval.initial = True
   # The dose-response reads the SGD-noise barriers only: the study's
   # connectivity measures (and the real-data retraining of every round that
   # successive rounds needs) would double each job's time.

@@ -115,6 +115,37 @@ def check(config) -> None:
   validate.positive(f"analysis.{NAME}.weight_matching_iterations", c.weight_matching_iterations)
 
 
+def path_examples(c, sizes: measures.Sizes, alignments: Tuple[str, ...]) -> int:
+  """Forward examples of one pair's paths (`Paths.measure`): per alignment,
+  activation matching's statistics where it aligns (both nets over the
+  training split) and, per BN mode, every alpha on c.split plus the
+  statistics batches a correcting mode measures. Weight matching's
+  contractions see no examples."""
+  statistics = c.correction_batches * c.correction_batch_size_examples
+  per_path = sum(c.num_alphas * (sizes.examples[c.split]
+                                 + (statistics if mode != "interpolate" else 0))
+                 for mode in bn_modes(sizes.module, c.bn_modes))
+  matching = 2 * sizes.examples["train"] * alignments.count("activation_matching")
+  return len(alignments) * per_path + matching
+
+
+def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
+  """num_inits nets of the dense net and of each mask, every pair's paths, each
+  net's test accuracy, and with align_masks the activation matching of the
+  dense nets that permutes each mask (lmcjax.analysis.inits)."""
+  n = sizes.examples["train"]
+  planned = inits_lib.planned_models(config, c)
+  nets = inits_lib.planned_nets(config, n, c.num_inits, planned, aligned=c.align_masks,
+                                with_dense=c.include_dense or c.align_masks)
+  num_models = len(planned) + int(c.include_dense)
+  pairs = c.num_inits * (c.num_inits - 1) // 2
+  forward = num_models * (pairs * path_examples(c, sizes, ALIGNMENTS)
+                          + c.num_inits * sizes.examples["test"])
+  if c.align_masks:
+    forward += len(planned) * (c.num_inits - 1) * 2 * n
+  return measures.Cost(nets, forward)
+
+
 # ---------------------------------------------------------------- paths
 
 
@@ -379,4 +410,4 @@ def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
 MEASURE = measures.Measure(
     name=NAME, section=NAME, check=check, run_across=run_across,
     splits=lambda c: (c.split,) if c.enabled else (), defaults=DEFAULTS, report=report,
-    pool=pool)
+    pool=pool, cost=cost)

@@ -140,6 +140,23 @@ def figures(ctx: measures.StageContext, c) -> Dict[str, str]:
       c.hist_bins, title="\n".join(captions))}
 
 
+def cost(config, h, sizes: measures.Sizes) -> measures.Cost:
+  """Per detailed model, in train-step examples: a Hessian-vector product is a
+  forward-over-backward (~2 train steps) and the GGN diagonal one backward
+  pass per class. Probes (none for 'ggn'), Lanczos for the net and, with
+  layer_eigenvalues, for each kernel block (3 assumed, as LeNet-300-100), SLQ,
+  and one HVP per parameter where the exact diagonal applies; all on the
+  Hessian batch."""
+  del config
+  batch = h.batch_size_examples * h.num_batches if h.num_batches else sizes.examples[h.split]
+  probes = 0 if h.method == "ggn" else h.max_probes
+  lanczos = h.lanczos_iters * (1 + (3 if h.layer_eigenvalues else 0))
+  density = h.density_probes * h.density_steps if h.density else 0
+  exact = sizes.num_params if sizes.num_params <= h.exact_max_params else 0
+  hvps = probes + lanczos + density + exact
+  return measures.Cost(trainings={"hvps": (2 * hvps + sizes.num_classes) * batch})
+
+
 MEASURE = measures.Measure(
     name="hessian", section="hessian", check=check, records=("hessian",), run=run, record=record,
-    figures=figures, detail_only=True, splits=lambda c: (c.split,))
+    figures=figures, detail_only=True, splits=lambda c: (c.split,), cost=cost)

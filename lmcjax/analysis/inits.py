@@ -23,7 +23,7 @@ Unfinished runs resume from checkpoints beside them.
 """
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,7 @@ def check_section(config, name: str) -> None:
                      f"IMP did not run it (imp.sources={tuple(config.imp.sources)})")
   for r in c.rounds:
     targets.check_round(config, r, f"analysis.{name}.rounds entry {r!r}")
-  analysed = analysed_rounds(config)
+  analysed = targets.analysed_rounds(config)
   for source in c.sources:
     validate.require(source in analysed, f"analysis.{name}.sources entry {source!r}: the "
                      f"analysis does not analyse it (analysis.targets={tuple(analysed)})")
@@ -89,17 +89,33 @@ def check_section(config, name: str) -> None:
   structure_lib.structure_of(module, variables)
 
 
-def analysed_rounds(config) -> Dict[str, Set[int]]:
-  """Source -> the IMP rounds whose masks the analysis stage analyses, by
-  targets.py's rule: analysis.targets, else every IMP source at
-  analysis.rounds, else each source's last round."""
-  a = config.analysis
-  if a.targets:
-    out: Dict[str, Set[int]] = {}
-    for match in (targets.TARGET.match(str(t)) for t in a.targets):
-      out.setdefault(match.group(1), set()).add(int(match.group(2)))
-    return out
-  return {src: set(a.rounds) or {config.imp.rounds} for src in config.imp.sources}
+def planned_models(config, c) -> List[modelid.ModelId]:
+  """The masks section c measures, from the config alone, as `selected` picks
+  them from the analysed models (bench/estimate_cost.py)."""
+  analysed = targets.analysed_rounds(config) if config.imp.rounds or config.analysis.targets else {}
+  return [modelid.ModelId(src, r) for src in (tuple(c.sources) or tuple(analysed))
+          for r in (tuple(c.rounds) or (max(analysed[src]),))]
+
+
+def planned_nets(config, num_train: int, num_inits: int, planned: Sequence[modelid.ModelId],
+                 aligned: bool, with_dense: bool) -> Dict[Tuple, int]:
+  """Train-step examples of each net `Inits` trains for these masks, keyed as
+  it caches them, so that measures sharing a net count it once: init i's
+  dense run (i >= 1, with_dense; init 0's is the train stage's), each mask's
+  net of every init (aligned: permuted into inits i >= 1), and the prefix of
+  init i's dense run up to IMP's rewind step where that is not 0 (counted
+  even where a whole dense run covers it: an over-estimate of the prefix)."""
+  spec = config.train
+  steps, batch = train.total_steps(spec, num_train), train.effective_batch(spec, num_train)
+  rewind = imp.rewind_step(config, num_train)
+  out = {("dense", i): steps * batch for i in range(1, num_inits) if with_dense}
+  masked = (steps - dense.start_step(config.imp.rewind_schedule, rewind)) * batch
+  for model in planned:
+    for i in range(num_inits):
+      out[("masked", i, model.name, aligned and i > 0)] = masked
+      if i > 0 and rewind > 0:
+        out[("dense_prefix", i)] = rewind * batch
+  return out
 
 
 def selected(c, analysed: Sequence[measures.Analysed], what: str

@@ -18,6 +18,7 @@ from lmcjax import interpolate
 from lmcjax import logs
 from lmcjax import plots
 from lmcjax import progress
+from lmcjax import train
 from lmcjax import validate
 from lmcjax import workdir as layout
 from lmcjax.analysis import interpolation
@@ -134,5 +135,26 @@ def run_across(ctx: measures.StageContext, c) -> Dict[str, Any]:
   return out
 
 
+def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
+  """Per model and rewind epoch: num_copies copies training the remaining steps
+  (by imp.rewind_schedule) and their pairwise paths; the point at the
+  analysis' own start step reuses its copies where it can (reuses_analysis_copies)."""
+  n = sizes.examples["train"]
+  sources = targets.analysed_rounds(config) if config.imp.rounds else {}
+  num_models = int(c.include_dense) + len(sources) * max(1, len(c.rounds))
+  steps, batch = train.total_steps(config.train, n), train.effective_batch(config.train, n)
+  start_at = targets.start_step(config, n)
+  trainings, forward = {}, 0
+  for epoch in c.rewind_epochs:
+    k = dense.epoch_step(config, n, epoch)
+    if k == start_at and reuses_analysis_copies(config.analysis):
+      continue
+    remaining = steps - dense.start_step(config.imp.rewind_schedule, k)
+    trainings[("instability", float(epoch))] = num_models * c.num_copies * remaining * batch
+    pairs = c.num_copies * (c.num_copies - 1) // 2
+    forward += num_models * pairs * c.num_alphas * sizes.examples[c.split]
+  return measures.Cost(trainings, forward)
+
+
 MEASURE = measures.Measure(name="instability", section="instability", check=check,
-                           run_across=run_across)
+                           run_across=run_across, cost=cost)

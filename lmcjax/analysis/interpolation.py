@@ -68,11 +68,28 @@ def conditions(s, a) -> List[Tuple[str, str]]:
   figures'. A BatchNorm net has its modes of analysis.bn_modes (check refuses
   'repair' for it); a net without BatchNorm has 'interpolate', and 'repair'
   where bn_modes lists it."""
-  if jax.tree.leaves(s.init_batch_stats):
-    modes = tuple(a.bn_modes)
-  else:
-    modes = ("interpolate",) + (("repair",) if "repair" in a.bn_modes else ())
+  modes = bn_modes(bool(jax.tree.leaves(s.init_batch_stats)), a)
   return [(split, mode) for split in a.eval_splits for mode in modes]
+
+
+def bn_modes(keeps_running_stats: bool, a) -> Tuple[str, ...]:
+  """A BatchNorm net's modes are analysis.bn_modes; other nets' 'interpolate',
+  and 'repair' where bn_modes lists it (`conditions`)."""
+  if keeps_running_stats:
+    return tuple(a.bn_modes)
+  return ("interpolate",) + (("repair",) if "repair" in a.bn_modes else ())
+
+
+def cost(config, a, sizes: measures.Sizes) -> measures.Cost:
+  """Per model: every pair of copies at every alpha on each split and BN mode,
+  and the statistics batches a 'reset' or 'repair' path measures at each alpha."""
+  del config
+  pairs = a.num_branches * (a.num_branches - 1) // 2
+  modes = bn_modes(models.info(sizes.module).keeps_running_stats, a)
+  statistics = a.bn_reset_batches * a.bn_reset_batch_size
+  per_point = sum(sizes.examples[split] + (statistics if mode != "interpolate" else 0)
+                  for split in a.eval_splits for mode in modes)
+  return measures.Cost(forward_examples=pairs * alphas(a).size * per_point)
 
 
 def statistics_batches(s, a, modes) -> Optional[Any]:
@@ -160,4 +177,4 @@ def figures(ctx: measures.StageContext, a) -> Dict[str, str]:
 MEASURE = measures.Measure(
     name="interpolation", section="", check=check, records=("barriers", "barrier_stats"),
     run=run, record=record, figures=figures, splits=lambda a: tuple(a.eval_splits),
-    scalars=scalars)
+    scalars=scalars, cost=cost)

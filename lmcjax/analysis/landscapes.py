@@ -33,6 +33,13 @@ def check(config) -> None:
   validate.positive("analysis.landscape.span", c.span)
 
 
+def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
+  """Per detailed model: every grid point of each plane (or line), on c.split."""
+  del config
+  points = sum(c.resolution ** (1 if kind == "random_1d" else 2) for kind in c.kinds)
+  return measures.Cost(forward_examples=points * sizes.examples[c.split])
+
+
 def run(ctx: measures.ModelContext, c) -> Dict[str, Any]:
   s, a, name = ctx.setup, ctx.analysis, ctx.model.name
   params = [execution_lib.take(ctx.stacked["params"], i) for i in range(a.num_branches)]
@@ -66,4 +73,4 @@ def record(ctx: measures.ModelContext, c, out) -> Dict[str, Any]:
 
 MEASURE = measures.Measure(
     name="landscape", section="landscape", check=check, records=("landscape",), run=run,
-    record=record, detail_only=True, splits=lambda c: (c.split,))
+    record=record, detail_only=True, splits=lambda c: (c.split,), cost=cost)

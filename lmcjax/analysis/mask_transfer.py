@@ -137,6 +137,23 @@ def comparisons(models: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
   return out
 
 
+def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
+  """Per mask: the ticket (init 0's net) and each new init's nets as it is
+  and aligned (the as-is nets are cross_seed's where both measure the mask,
+  and count once), the activation matching of the dense nets that permutes
+  the mask, each path to the ticket and each net's test accuracy."""
+  n = sizes.examples["train"]
+  planned = inits_lib.planned_models(config, c)
+  nets = {}
+  for aligned in (False, True):
+    nets.update(inits_lib.planned_nets(config, n, c.num_inits, planned, aligned=aligned,
+                                       with_dense=True))
+  new = c.num_inits - 1
+  per_mask = (len(KINDS) * new * cross_seed.path_examples(c, sizes, ("activation_matching",))
+              + new * 2 * n + (1 + len(KINDS) * new) * sizes.examples["test"])
+  return measures.Cost(nets, len(planned) * per_mask)
+
+
 def run_across(ctx: measures.StageContext, c) -> Dict[str, Any]:
   """Mask transfer to new inits, per analysed mask."""
   s = ctx.setup
@@ -299,4 +316,4 @@ def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
 MEASURE = measures.Measure(
     name=NAME, section=NAME, check=check, run_across=run_across,
     splits=lambda c: (c.split,) if c.enabled else (), defaults=DEFAULTS, report=report,
-    pool=pool)
+    pool=pool, cost=cost)

@@ -15,7 +15,7 @@ with an `enabled` field switches its measure on and off.
 import copy
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Tuple
 
 import ml_collections
 
@@ -32,7 +32,7 @@ SPLITS = ("train", "test", "distilled")
 # Keys the stage writes itself: no measure may record under them.
 MODEL_KEYS = ("sparsity", "start", "branch_final_train_loss", "branch_cost", "branch_test_error",
               "timings")
-STAGE_KEYS = ("models", "figures", "num_alphas", "num_test", "seed", "start")
+STAGE_KEYS = ("models", "figures", "num_alphas", "num_test", "seed", "start", "timings")
 
 
 @dataclasses.dataclass
@@ -95,6 +95,36 @@ class StageContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sizes:
+  """What a cost is counted from besides the config (bench/estimate_cost.py).
+
+  Attributes:
+    examples: split name (SPLITS) -> examples in it.
+    module: the config's model (flax module), built without parameters.
+    num_params: its parameter count.
+    num_classes: classes of the dataset.
+  """
+  examples: Dict[str, int]
+  module: Any
+  num_params: int
+  num_classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+  """What a measure computes, counted from the config alone.
+
+  Attributes:
+    trainings: net or job key -> train-step examples (a Hessian-vector
+      product counts as 2). Measures that share a net (the inits' nets, which
+      lmcjax.analysis.inits caches) give it the same key, so it counts once.
+    forward_examples: examples through an evaluation forward pass.
+  """
+  trainings: Mapping[Hashable, int] = dataclasses.field(default_factory=dict)
+  forward_examples: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Measure:
   """What one measure is. `c` below is the measure's config section.
 
@@ -130,6 +160,10 @@ class Measure:
       tables and pooled.md section over the init seeds of a sweep (lmcjax/
       pooled.py adds them, in registration order), from the rows `report`
       wrote to each seed's results.json; figures go under the root.
+    cost: (config, c, Sizes) -> Cost: what it computes when enabled, from the
+      config alone; per model for a per-model measure (planned_cost counts it
+      on each model it runs on), for the whole run otherwise. None: priced
+      at nothing by bench/estimate_cost.py.
   """
   name: str
   section: str
@@ -145,6 +179,7 @@ class Measure:
   defaults: Optional[Section] = None
   report: Optional[Callable[[str, Dict[str, Any]], "Report"]] = None
   pool: Optional[Callable[[str, Dict[Any, Dict[str, Any]]], "Report"]] = None
+  cost: Optional[Callable[[Any, Section, Sizes], Cost]] = None
 
   @property
   def per_model(self) -> bool:
@@ -280,6 +315,27 @@ def check_sections(a: Section, own: Tuple[str, ...]) -> None:
                      f"measure {m.name!r} (its fields: {', '.join(m.defaults.keys())})")
     validate.require(not missing, f"analysis.{key} lacks {', '.join(missing)}: build it with "
                      f"analysis.measures.default_section({m.name!r})")
+
+
+def planned_costs(config, sizes: Sizes, num_models: int, num_detailed: int
+                  ) -> List[Tuple[str, Cost]]:
+  """(name, Cost) of each enabled measure that declares one, in a run that
+  analyses num_models models, num_detailed of them in detail (detail_only
+  measures run on those). A net two measures share is counted at the first
+  (the one that trains it: they run in registration order)."""
+  out, seen = [], set()
+  for m, c in configured(config.analysis):
+    if m.cost is None or not enabled(c):
+      continue
+    cost = m.cost(config, c, sizes)
+    times = (num_detailed if m.detail_only else num_models) if m.per_model else 1
+    # A per-model measure's key names one model's job: one per model.
+    keyed = ({(m.name, i, key): n for key, n in cost.trainings.items() for i in range(times)}
+             if m.per_model else dict(cost.trainings))
+    mine = {key: n for key, n in keyed.items() if key not in seen}
+    seen.update(mine)
+    out.append((m.name, Cost(mine, times * cost.forward_examples)))
+  return out
 
 
 def record_of(m: Measure, ctx: ModelContext, c: Section, output: Any) -> Dict[str, Any]:

@@ -159,9 +159,13 @@ def run_stage(s, wd: str, log: logs.MetricsLog) -> Dict[str, Any]:
              "num_test": int(s.x_test.shape[0]), "seed": s.config.seeds.init,
              "start": {"kind": a.start, "dense_step": start_at,
                        "schedule": s.config.imp.rewind_schedule}}
+  # Per-model work is timed in each model's summary; across-model work here.
+  summary["timings"] = {}
   for m, c in measures.configured(a):
     if m.run_across and measures.enabled(c):
+      tick = time.perf_counter()
       summary[m.name] = m.run_across(ctx, c)
+      summary["timings"][f"{m.name}_s"] = time.perf_counter() - tick
   logs.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary
 

@@ -258,6 +258,17 @@ def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
   return measures.Report(tables={NAME: rows, f"{NAME}_comparisons": comparisons}, lines=lines)
 
 
+def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
+  """Every source's path from round k to k + 1 (k < imp.rounds) on c.split, and
+  the statistics batches a 'reset' or 'repair' path measures at each alpha.
+  The nets are IMP's: nothing trains."""
+  a = config.analysis
+  statistics = a.bn_reset_batches * a.bn_reset_batch_size if c.bn_mode != "interpolate" else 0
+  paths = len(config.imp.sources) * config.imp.rounds
+  return measures.Cost(forward_examples=paths * c.num_alphas * (sizes.examples[c.split]
+                                                                + statistics))
+
+
 MEASURE = measures.Measure(name=NAME, section=NAME, check=check, run_across=run_across,
                            splits=lambda c: (c.split,), defaults=DEFAULTS, report=report,
-                           pool=pool)
+                           pool=pool, cost=cost)

@@ -7,7 +7,7 @@ of every source found under DIR/imp.
 """
 import os
 import re
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from lmcjax import checkpoints
 from lmcjax import dense
@@ -47,6 +47,31 @@ def _target_ids(a) -> List[modelid.ModelId]:
   """The models analysis.targets names ('source:round'; check() refuses others)."""
   matches = (TARGET.match(str(t)) for t in a.targets)
   return [modelid.ModelId(m.group(1), int(m.group(2))) for m in matches if m]
+
+
+def analysed_rounds(config) -> Dict[str, Set[int]]:
+  """Source -> the IMP rounds whose masks the analysis stage analyses, by
+  targets.py's rule: analysis.targets, else every IMP source at
+  analysis.rounds, else each source's last round."""
+  a = config.analysis
+  if a.targets:
+    out: Dict[str, Set[int]] = {}
+    for match in (TARGET.match(str(t)) for t in a.targets):
+      out.setdefault(match.group(1), set()).add(int(match.group(2)))
+    return out
+  return {src: set(a.rounds) or {config.imp.rounds} for src in config.imp.sources}
+
+
+def planned_counts(config) -> Tuple[int, int]:
+  """(models the stage analyses, how many of them in detail), from the config
+  alone (bench/estimate_cost.py): the dense net where included, every analysed
+  mask; detail: the dense net and each source's sparsest mask, or every model
+  (analysis.detail_models 'all')."""
+  a = config.analysis
+  rounds = analysed_rounds(config) if config.imp.rounds or a.targets else {}
+  masked = sum(len(r) for r in rounds.values())
+  detailed = masked if a.detail_models == "all" else len(rounds)
+  return int(a.include_dense) + masked, int(a.include_dense) + detailed
 
 
 def imp_rounds(config) -> Tuple[int, ...]:
