@@ -51,6 +51,7 @@ from lmcjax import engine  # pylint: disable=g-import-not-at-top,wrong-import-po
 from lmcjax import imp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import logs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmcjax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmcjax import validate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -68,7 +69,7 @@ DATASETS = {
 
 def flops_per_example(model_cfg, spec, num_classes, image_shape):
   """(train step, forward pass) FLOPs per example of model_cfg under spec
-  (augmentation included), from XLA's cost analysis, and its parameter count."""
+  (augmentation included), from XLA's cost analysis."""
   model = models.create(model_cfg, num_classes)
   batch = spec.batch_size
   program = engine.train_program(model, spec, num_classes, 1000)
@@ -78,9 +79,8 @@ def flops_per_example(model_cfg, spec, num_classes, image_shape):
           "label": jnp.zeros((batch,), jnp.int32)}
   evaluate = jax.jit(train.make_eval_fn(model, batch))
   forward = evaluate.lower(state.params, state.batch_stats, data["image"], data["label"])
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   return (bench_train_step.step_flops(step, state, data, None) / batch,
-          bench_train_step.lowered_flops(forward) / batch, num_params)
+          bench_train_step.lowered_flops(forward) / batch)
 
 
 def run_examples(spec, n: int) -> int:
@@ -130,22 +130,27 @@ def imp_counts(config, n_train: int, num_classes: int):
   return real, rounds * run_examples(c.distilled_train, n_syn)
 
 
-def analysis_counts(config, n_train: int, n_test: int, num_classes: int, module,
-                    num_params: int):
+def analysis_counts(config, n_train: int, n_test: int, num_classes: int, image_shape):
   """[(part, train-step examples, forward examples)] of the analysis stage:
-  every analysed model's SGD-noise copies (the stage's own), then what each
-  enabled measure declares it computes (measures.Measure.cost; a net two
-  measures share is counted at the first)."""
+  every analysed model's SGD-noise copies and their test errors (the stage's
+  own), then what each enabled measure declares it computes
+  (measures.Measure.cost; a job two measures share is counted at the first)."""
   a, d = config.analysis, config.distill
   f = distill_stage.factor_of(d)
+  module = models.create(config.model, num_classes)
+  variables = jax.eval_shape(lambda: dict(module.init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False)))
   sizes = measures.Sizes({"train": n_train, "test": n_test,
-                          "distilled": num_classes * d.ipc * f * f}, module, num_params,
-                         num_classes)
+                          "distilled": num_classes * d.ipc * f * f}, module, variables,
+                         tuple(image_shape), num_classes)
   spec = config.train if a.reuse_config_train else a.branch_train
+  start_at = analysis.targets.start_step(config, n_train)
+  steps = train.total_steps(spec, n_train) - dense.start_step(config.imp.rewind_schedule, start_at)
   num_models, num_detailed = analysis.targets.planned_counts(config)
-  parts = [("copies", num_models * a.num_branches * run_examples(spec, n_train), 0)]
+  copies = num_models * a.num_branches
+  parts = [("copies", copies * steps * train.effective_batch(spec, n_train), copies * n_test)]
   for name, cost in measures.planned_costs(config, sizes, num_models, num_detailed):
-    parts.append((name, sum(cost.trainings.values()), cost.forward_examples))
+    parts.append((name, sum(cost.train_examples.values()), sum(cost.forward_examples.values())))
   return parts
 
 
@@ -173,7 +178,7 @@ def estimate(config):
   Every stage's train steps are priced at config.train's per-example rate
   (its augmentation included); a forward example counts as 1/3 of one."""
   n_train, n_test, shape, classes = dataset_sizes(config)
-  fpe_train, fpe_fwd, num_params = flops_per_example(config.model, config.train, classes, shape)
+  fpe_train, fpe_fwd = flops_per_example(config.model, config.train, classes, shape)
   rows = []
   if "distill" in config.stages:
     outer, evals = distill_counts(config, n_train, classes)
@@ -187,24 +192,30 @@ def estimate(config):
     rows.append(("imp", ex, ex * fpe_train / 1e12))
   rows = [row + (False,) for row in rows]
   if "analysis" in config.stages:
-    module = models.create(config.model, classes)
     parts = [(f"- {part}", trained + forward / 3, (trained * fpe_train + forward * fpe_fwd) / 1e12,
               True)
              for part, trained, forward in analysis_counts(config, n_train, n_test, classes,
-                                                           module, num_params)]
+                                                           shape)]
     rows.append(("analysis", sum(p[1] for p in parts), sum(p[2] for p in parts), False))
     rows += parts
   return rows, fpe_train, fpe_fwd
 
 
 def measured_seconds(workdir: str):
-  """Row name -> seconds a finished run spent on it: each stage (summary.json),
-  and the analysis stage's parts (analysis/summary.json: the copies and each
-  per-model measure summed over the models, each across-model measure)."""
-  summary = logs.read_json(os.path.join(workdir, "summary.json"))
-  out = {k: v["seconds"] for k, v in summary.items() if isinstance(v, dict) and "seconds" in v}
+  """Row name -> seconds a finished run spent on it: each stage not resumed
+  (summary.json), and the analysis stage's parts (analysis/summary.json: the
+  copies and each per-model measure summed over the models, each across-model
+  measure)."""
+  path = os.path.join(workdir, "summary.json")
+  validate.require(os.path.exists(path), f"--measured {workdir!r} holds no summary.json: "
+                   "not the workdir of a finished run")
+  summary = logs.read_json(path)
+  # A resumed stage's seconds are its last attempt's, which reloaded what the
+  # earlier ones made: no measure of what the stage costs.
+  out = {k: v["seconds"] for k, v in summary.items()
+         if isinstance(v, dict) and "seconds" in v and not v.get("resumed")}
   path = os.path.join(workdir, "analysis", "summary.json")
-  if os.path.exists(path):
+  if "analysis" in out and os.path.exists(path):
     analysed = logs.read_json(path)
     parts = collections.Counter()
     for model in analysed["models"].values():
@@ -216,15 +227,28 @@ def measured_seconds(workdir: str):
   return out
 
 
+def _measured_cells(seconds, tflop: float):
+  """[seconds, achieved GFLOP/s]; blank where nothing was measured, and no
+  rate for a part that computes nothing."""
+  if seconds is None:
+    return ["", ""]
+  return [f"{seconds:.0f}", f"{tflop * 1e3 / seconds:.1f}" if tflop and seconds else ""]
+
+
 def main(argv):
   del argv
   config = FLAGS.config
   rates = [float(r) for r in FLAGS.tflops.split(",")]
-  rows, fpe_train, fpe_fwd = estimate(config)
-  measured = measured_seconds(FLAGS.measured) if FLAGS.measured else {}
+  try:  # a bad config, dataset or workdir: one line, before anything compiles
+    pipeline.check_config(config)
+    measured = measured_seconds(FLAGS.measured) if FLAGS.measured else {}
+    rows, fpe_train, fpe_fwd = estimate(config)
+  except validate.InputError as e:
+    sys.exit(f"lmcjax: error: {e}")
   print(f"# {config.data.name}, model {config.model.name}: {fpe_train / 1e6:.1f} MFLOP per example "
         f"per train step, {fpe_fwd / 1e6:.1f} per forward (XLA cost analysis)")
-  head = ["stage", "train-step examples", "TFLOP"] + [f"hours @ {r:g} TFLOP/s" for r in rates]
+  head = (["stage", "train-step examples (a forward: 1/3)", "TFLOP"]
+          + [f"hours @ {r:g} TFLOP/s" for r in rates])
   if measured:
     head += ["measured s", "achieved GFLOP/s"]
   print("| " + " | ".join(head) + " |")
@@ -233,11 +257,15 @@ def main(argv):
   for name, examples, tflop, part in rows:
     total += 0.0 if part else tflop
     cells = [name, f"{examples:,.0f}", f"{tflop:,.1f}"] + [f"{tflop / r / 3600:.2f}" for r in rates]
-    if measured and name in measured:
-      cells += [f"{measured[name]:.0f}", f"{tflop * 1e3 / measured[name]:.1f}"]
+    if measured:
+      cells += _measured_cells(measured.get(name), tflop)
     print("| " + " | ".join(cells) + " |")
-  print("| total | | " + f"{total:,.1f} | "
-        + " | ".join(f"{total / r / 3600:.2f}" for r in rates) + " |")
+  cells = ["total", "", f"{total:,.1f}"] + [f"{total / r / 3600:.2f}" for r in rates]
+  if measured:
+    stages = [measured[name] for name, _, _, part in rows if not part and name in measured]
+    cells += _measured_cells(sum(stages) if len(stages) == sum(not p for *_, p in rows) else None,
+                             total)
+  print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ def get_config():
   config.data.name = "cifar10"
   config.data.train_subset, config.data.test_subset = 5000, 1000  # tfds only; 0 for npz
   config.model = model_part.get("convnet", depth=3, width=32, norm="instance", pooling="avg")
-  # 6 epochs of SGD lr 0.05 (10 give 58% on the 5k set): each seed's ~70
-  # trainings (IMP, 3 copies x 10 models, the instability curve) then fit
-  # well under 45 min on 2 CPU cores, and copies from init are still unstable
-  # (the connectivity measures below add more: see _connectivity).
+  # 6 epochs of SGD lr 0.05 (10 give 58% on the 5k set): each seed's ~90
+  # trainings (IMP, 3 copies x 13 models, the connectivity nets) then fit in
+  # 45 min on 2 CPU cores (_connectivity), and copies from init are still
+  # unstable.
   config.train.update(epochs=6, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
                       schedule="multistep", milestones=(2 / 3, 5 / 6), gamma=0.2)
   augment_part.apply(config, "cifar10")  # crop+flip on real data, DSA with flip on distilled
@@ -115,12 +115,14 @@ def _analysis(config) -> None:
 
 
 def _connectivity(a) -> None:
-  """Cost: these measures add ~22 trainings to a seed (cross-seed: 2 new
-  inits x 5 models, and the 2 dense nets; mask transfer: 2 new inits x 3
-  masks x 2 kinds), at ~30 s each on 2 CPU cores, plus their 31-alpha paths:
-  seeds 0 and 1 took 2h07m and 2h23m run side by side on 2 cores, far over
-  the 45 min a seed had without them (docs/results.md has the stage times). The
-  random source's mask is left out of mask transfer: it is drawn without
+  """Cost: these measures add 20 trainings to a seed (cross-seed: 2 new inits'
+  dense nets, and 3 inits x 4 masks; mask transfer: 2 new inits x 3 masks
+  aligned, its tickets and as-is nets being cross-seed's) at ~12 s each, plus
+  their 31-alpha paths: 12.6 of a seed's 39 min. One seed with every measure
+  took 38m45s on 2 idle cores (AMD EPYC, jax 0.10.2; docs/performance.md has
+  each part's time, and `python bench/estimate_cost.py --config
+  configs/cifar10_small.py` prices a change before it runs). The random
+  source's mask is left out of mask transfer: it is drawn without
   looking at any init, so it belongs to no basin that aligning could move it
   into.
 

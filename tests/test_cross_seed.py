@@ -25,6 +25,7 @@ from lmcjax import validate
 from lmcjax import workdir as layout
 from lmcjax.analysis import cross_seed
 from lmcjax.analysis import inits as inits_lib
+from lmcjax.analysis import paths
 from lmcjax.analysis import measures
 from lmcjax.configs.parts import model as model_part
 
@@ -184,9 +185,9 @@ def test_bad_sections_are_one_line_before_compute(unwired_model, edit, match):
 
 def test_default_bn_modes_follow_the_norm():
   build = lambda **kw: models.create(model_part.get("convnet", width=8, **kw), 10)
-  assert cross_seed.bn_modes(build(norm="batch"), ()) == ("interpolate", "reset")
-  assert cross_seed.bn_modes(build(norm="instance"), ()) == ("interpolate",)
-  assert cross_seed.bn_modes(build(norm="none"), ()) == ("interpolate", "repair")
+  assert paths.bn_modes(build(norm="batch"), ()) == ("interpolate", "reset")
+  assert paths.bn_modes(build(norm="instance"), ()) == ("interpolate",)
+  assert paths.bn_modes(build(norm="none"), ()) == ("interpolate", "repair")
 
 
 def test_a_disabled_section_changes_nothing():

@@ -10,6 +10,7 @@
   successive_rounds.py  the barrier between IMP's solutions of successive
                     rounds (across models; its own report section);
   inits.py          nets from other init seeds, shared by the two below;
+  paths.py          aligned paths between two nets, shared by the two below;
   cross_seed.py     barriers between nets of different inits, naive and
                     aligned (across models; its own report section);
   mask_transfer.py  IMP masks trained from new inits, as they are and aligned

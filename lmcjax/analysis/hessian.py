@@ -141,20 +141,27 @@ def figures(ctx: measures.StageContext, c) -> Dict[str, str]:
 
 
 def cost(config, h, sizes: measures.Sizes) -> measures.Cost:
-  """Per detailed model, in train-step examples: a Hessian-vector product is a
-  forward-over-backward (~2 train steps) and the GGN diagonal one backward
-  pass per class. Probes (none for 'ggn'), Lanczos for the net and, with
-  layer_eigenvalues, for each kernel block (3 assumed, as LeNet-300-100), SLQ,
-  and one HVP per parameter where the exact diagonal applies; all on the
-  Hessian batch."""
+  """Per detailed model, in train-step examples on the Hessian batch (a
+  Hessian-vector product is a forward-over-backward, ~2 train steps; the GGN
+  diagonal one backward pass per class): the diagonal by its resolved method
+  (Hutchinson's probes and Lanczos stop early where they converge: upper
+  bounds), Lanczos for the net and, with layer_eigenvalues, for each kernel,
+  SLQ, and the exact diagonal beside an estimate where the net is small
+  enough. Counted as if every parameter were kept."""
   del config
-  batch = h.batch_size_examples * h.num_batches if h.num_batches else sizes.examples[h.split]
-  probes = 0 if h.method == "ggn" else h.max_probes
-  lanczos = h.lanczos_iters * (1 + (3 if h.layer_eigenvalues else 0))
+  method = curvature.resolve_method(h.method, sizes.module)
+  split = sizes.examples[h.split]
+  batch = min(split, h.batch_size_examples * h.num_batches) if h.num_batches else split
+  params = jax.tree.leaves(sizes.variables["params"])
+  num_params = sum(int(np.prod(p.shape)) for p in params)
+  kernels = sum(len(p.shape) >= 2 for p in params)
+  ggn = sizes.num_classes if method in ("ggn", "ggn+residual") else 0
+  probes = h.max_probes if method in ("hutchinson", "ggn+residual") else 0
+  exact = num_params if method == "exact" or num_params <= h.exact_max_params else 0
+  lanczos = h.lanczos_iters * (1 + (kernels if h.layer_eigenvalues else 0))
   density = h.density_probes * h.density_steps if h.density else 0
-  exact = sizes.num_params if sizes.num_params <= h.exact_max_params else 0
-  hvps = probes + lanczos + density + exact
-  return measures.Cost(trainings={"hvps": (2 * hvps + sizes.num_classes) * batch})
+  hvps = probes + exact + lanczos + density
+  return measures.Cost(train_examples={"hvps": (2 * hvps + ggn) * batch})
 
 
 MEASURE = measures.Measure(

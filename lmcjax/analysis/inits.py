@@ -92,30 +92,37 @@ def check_section(config, name: str) -> None:
 def planned_models(config, c) -> List[modelid.ModelId]:
   """The masks section c measures, from the config alone, as `selected` picks
   them from the analysed models (bench/estimate_cost.py)."""
-  analysed = targets.analysed_rounds(config) if config.imp.rounds or config.analysis.targets else {}
+  analysed = targets.planned_rounds(config)
   return [modelid.ModelId(src, r) for src in (tuple(c.sources) or tuple(analysed))
           for r in (tuple(c.rounds) or (max(analysed[src]),))]
 
 
-def planned_nets(config, num_train: int, num_inits: int, planned: Sequence[modelid.ModelId],
-                 aligned: bool, with_dense: bool) -> Dict[Tuple, int]:
-  """Train-step examples of each net `Inits` trains for these masks, keyed as
-  it caches them, so that measures sharing a net count it once: init i's
-  dense run (i >= 1, with_dense; init 0's is the train stage's), each mask's
-  net of every init (aligned: permuted into inits i >= 1), and the prefix of
-  init i's dense run up to IMP's rewind step where that is not 0 (counted
-  even where a whole dense run covers it: an over-estimate of the prefix)."""
-  spec = config.train
-  steps, batch = train.total_steps(spec, num_train), train.effective_batch(spec, num_train)
-  rewind = imp.rewind_step(config, num_train)
-  out = {("dense", i): steps * batch for i in range(1, num_inits) if with_dense}
+def planned_nets(config, sizes: measures.Sizes, num_inits: int,
+                 planned: Sequence[modelid.ModelId], aligned: bool, with_dense: bool
+                 ) -> Tuple[Dict[Tuple, int], Dict[Tuple, int]]:
+  """({net key: train-step examples}, {matching key: forward examples}) of what
+  `Inits` trains and matches for these masks, keyed as it caches them, so
+  that measures sharing a net count it once (measures.Cost):
+    init i's dense run (i >= 1, with_dense; init 0's is the train stage's);
+    each mask's net of every init (aligned: permuted into inits i >= 1, by
+    activation matching of the dense nets over the training split);
+    the prefix of init i's dense run up to IMP's rewind step, where that is
+    not 0: Inits trains it only where no whole dense run came first, and it
+    is counted wherever it may run (an over-estimate by the prefix)."""
+  n = sizes.examples["train"]
+  steps, batch = train.total_steps(config.train, n), train.effective_batch(config.train, n)
+  rewind = imp.rewind_step(config, n)
+  nets = {("inits", "dense", i): steps * batch for i in range(1, num_inits) if with_dense}
   masked = (steps - dense.start_step(config.imp.rewind_schedule, rewind)) * batch
+  moves = {}
   for model in planned:
     for i in range(num_inits):
-      out[("masked", i, model.name, aligned and i > 0)] = masked
+      nets[("inits", "masked", i, model.name, aligned and i > 0)] = masked
       if i > 0 and rewind > 0:
-        out[("dense_prefix", i)] = rewind * batch
-  return out
+        nets[("inits", "dense_prefix", i)] = rewind * batch
+      if i > 0 and aligned:
+        moves[("inits", "move", i, model.name)] = 2 * n
+  return nets, moves
 
 
 def selected(c, analysed: Sequence[measures.Analysed], what: str

@@ -137,23 +137,25 @@ def run_across(ctx: measures.StageContext, c) -> Dict[str, Any]:
 
 def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
   """Per model and rewind epoch: num_copies copies training the remaining steps
-  (by imp.rewind_schedule) and their pairwise paths; the point at the
-  analysis' own start step reuses its copies where it can (reuses_analysis_copies)."""
-  n = sizes.examples["train"]
-  sources = targets.analysed_rounds(config) if config.imp.rounds else {}
-  num_models = int(c.include_dense) + len(sources) * max(1, len(c.rounds))
+  (by imp.rewind_schedule), their test errors and pairwise paths; the point at
+  the analysis' own start step reuses its copies where it can
+  (reuses_analysis_copies: it also needs the interpolate mode there, which a
+  BatchNorm net's analysis.bn_modes may leave out)."""
+  a, n = config.analysis, sizes.examples["train"]
+  num_models = (int(c.include_dense and a.include_dense)
+                + len(targets.planned_rounds(config)) * max(1, len(c.rounds)))
   steps, batch = train.total_steps(config.train, n), train.effective_batch(config.train, n)
-  start_at = targets.start_step(config, n)
-  trainings, forward = {}, 0
+  trained, forward = {}, {}
   for epoch in c.rewind_epochs:
     k = dense.epoch_step(config, n, epoch)
-    if k == start_at and reuses_analysis_copies(config.analysis):
+    if k == targets.start_step(config, n) and reuses_analysis_copies(a):
       continue
     remaining = steps - dense.start_step(config.imp.rewind_schedule, k)
-    trainings[("instability", float(epoch))] = num_models * c.num_copies * remaining * batch
-    pairs = c.num_copies * (c.num_copies - 1) // 2
-    forward += num_models * pairs * c.num_alphas * sizes.examples[c.split]
-  return measures.Cost(trainings, forward)
+    trained[("instability", float(epoch))] = num_models * c.num_copies * remaining * batch
+    paths = interpolation.num_pairs(c.num_copies) * c.num_alphas * sizes.examples[c.split]
+    errors = c.num_copies * sizes.examples["test"]
+    forward[("instability", float(epoch))] = num_models * (paths + errors)
+  return measures.Cost(trained, forward)
 
 
 MEASURE = measures.Measure(name="instability", section="instability", check=check,

@@ -80,16 +80,41 @@ def bn_modes(keeps_running_stats: bool, a) -> Tuple[str, ...]:
   return ("interpolate",) + (("repair",) if "repair" in a.bn_modes else ())
 
 
+def statistics_examples(num_train: int, batch_size: int, num_batches: int) -> int:
+  """Examples in the statistics batches interpolate.bn_batches draws."""
+  batch = min(batch_size, num_train)
+  return batch * min(num_batches, num_train // batch)
+
+
+def path_cost(sizes: measures.Sizes, num_alphas: int, split: str, mode: str,
+              statistics: int) -> int:
+  """Forward examples of one path: every alpha on `split`, and what its BN mode
+  measures on `statistics` training examples: 'reset' the running statistics
+  at every alpha (a BatchNorm net; others run it as 'interpolate'), 'repair'
+  both endpoints once and each repaired layer at every alpha, one layer at
+  a time (lmcjax.connectivity.repair.repair_path)."""
+  per_alpha = once = 0
+  if mode == "reset" and models.info(sizes.module).keeps_running_stats:
+    per_alpha = statistics
+  elif mode == "repair":
+    layers = repair.repaired_layers(sizes.module, sizes.variables, sizes.image_shape)
+    per_alpha, once = len(layers) * statistics, 2 * statistics
+  return num_alphas * (sizes.examples[split] + per_alpha) + once
+
+
+def num_pairs(count: int) -> int:
+  return count * (count - 1) // 2
+
+
 def cost(config, a, sizes: measures.Sizes) -> measures.Cost:
-  """Per model: every pair of copies at every alpha on each split and BN mode,
-  and the statistics batches a 'reset' or 'repair' path measures at each alpha."""
+  """Per model: every pair of copies, on each split and BN mode (`conditions`)."""
   del config
-  pairs = a.num_branches * (a.num_branches - 1) // 2
   modes = bn_modes(models.info(sizes.module).keeps_running_stats, a)
-  statistics = a.bn_reset_batches * a.bn_reset_batch_size
-  per_point = sum(sizes.examples[split] + (statistics if mode != "interpolate" else 0)
-                  for split in a.eval_splits for mode in modes)
-  return measures.Cost(forward_examples=pairs * alphas(a).size * per_point)
+  statistics = statistics_examples(sizes.examples["train"], a.bn_reset_batch_size,
+                                   a.bn_reset_batches)
+  per_pair = sum(path_cost(sizes, alphas(a).size, split, mode, statistics)
+                 for split in a.eval_splits for mode in modes)
+  return measures.Cost(forward_examples={"paths": num_pairs(a.num_branches) * per_pair})
 
 
 def statistics_batches(s, a, modes) -> Optional[Any]:

@@ -37,7 +37,7 @@ def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
   """Per detailed model: every grid point of each plane (or line), on c.split."""
   del config
   points = sum(c.resolution ** (1 if kind == "random_1d" else 2) for kind in c.kinds)
-  return measures.Cost(forward_examples=points * sizes.examples[c.split])
+  return measures.Cost(forward_examples={"grid": points * sizes.examples[c.split]})
 
 
 def run(ctx: measures.ModelContext, c) -> Dict[str, Any]:

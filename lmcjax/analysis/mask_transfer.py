@@ -35,9 +35,9 @@ from lmcjax import plots
 from lmcjax import progress
 from lmcjax import stats
 from lmcjax import validate
-from lmcjax.analysis import cross_seed
 from lmcjax.analysis import inits as inits_lib
 from lmcjax.analysis import measures
+from lmcjax.analysis import paths as paths_lib
 from lmcjax.analysis import pooling
 
 PyTree = Any
@@ -68,7 +68,7 @@ def check(config) -> None:
     return
   validate.require(config.imp.rounds >= 1, f"analysis.{NAME} transfers IMP's masks, but "
                    "imp.rounds=0 finds none")
-  cross_seed.check_paths(config, NAME)
+  paths_lib.check_paths(config, NAME)
 
 
 def same_layer_counts(s, mask: PyTree, moved: PyTree) -> bool:
@@ -83,7 +83,7 @@ def overlap(mask: PyTree, moved: PyTree) -> float:
   return both / max(sum(float(jax.numpy.sum(a)) for a in jax.tree.leaves(mask)), 1.0)
 
 
-def _transfer(paths: cross_seed.Paths, c, model, mask, ticket) -> Dict[str, Any]:
+def _transfer(paths: paths_lib.Paths, c, model, mask, ticket) -> Dict[str, Any]:
   """(a) and (b) for every new init: accuracy, barriers to the ticket, masks."""
   s, inits = paths.ctx.setup, paths.inits
   out = {kind: {"test_accuracy": [], "pairs": []} for kind in KINDS}
@@ -101,11 +101,11 @@ def _transfer(paths: cross_seed.Paths, c, model, mask, ticket) -> Dict[str, Any]
   num_test = int(s.x_test.shape[0])
   for kind in KINDS:
     out[kind]["test_accuracy_ci"] = stats.mean_accuracy_ci(out[kind]["test_accuracy"], num_test)
-    out[kind]["barriers"] = cross_seed.barrier_cis(s, out[kind]["pairs"])
+    out[kind]["barriers"] = paths_lib.barrier_cis(s, out[kind]["pairs"])
   return out
 
 
-def _measure_model(paths: cross_seed.Paths, c, model, mask) -> Dict[str, Any]:
+def _measure_model(paths: paths_lib.Paths, c, model, mask) -> Dict[str, Any]:
   s = paths.ctx.setup
   ticket, _ = paths.inits.sparse(0, model, mask)
   accuracy = paths.inits.accuracy(ticket)
@@ -138,27 +138,28 @@ def comparisons(models: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
-  """Per mask: the ticket (init 0's net) and each new init's nets as it is
-  and aligned (the as-is nets are cross_seed's where both measure the mask,
-  and count once), the activation matching of the dense nets that permutes
-  the mask, each path to the ticket and each net's test accuracy."""
-  n = sizes.examples["train"]
+  """Per mask: the ticket (init 0's net) and each new init's nets as it is and
+  aligned (the ticket and as-is nets are cross_seed's where both measure the
+  mask, and count once), the matching that moves the mask, each path to the
+  ticket and each net's test accuracy."""
   planned = inits_lib.planned_models(config, c)
-  nets = {}
+  nets, moves = {}, {}
   for aligned in (False, True):
-    nets.update(inits_lib.planned_nets(config, n, c.num_inits, planned, aligned=aligned,
-                                       with_dense=True))
+    more_nets, more_moves = inits_lib.planned_nets(config, sizes, c.num_inits, planned, aligned,
+                                                   with_dense=True)
+    nets.update(more_nets)
+    moves.update(more_moves)
   new = c.num_inits - 1
-  per_mask = (len(KINDS) * new * cross_seed.path_examples(c, sizes, ("activation_matching",))
-              + new * 2 * n + (1 + len(KINDS) * new) * sizes.examples["test"])
-  return measures.Cost(nets, len(planned) * per_mask)
+  per_mask = (len(KINDS) * new * paths_lib.pair_cost(c, sizes, ("activation_matching",))
+              + (1 + len(KINDS) * new) * sizes.examples["test"])
+  return measures.Cost(nets, {**moves, (NAME, "paths"): len(planned) * per_mask})
 
 
 def run_across(ctx: measures.StageContext, c) -> Dict[str, Any]:
   """Mask transfer to new inits, per analysed mask."""
   s = ctx.setup
   inits = inits_lib.Inits(s, ctx.workdir, ctx.log, c.chunk_examples)
-  paths = cross_seed.Paths(ctx, c, inits, NAME)
+  paths = paths_lib.Paths(ctx, c, inits, NAME)
   todo = inits_lib.selected(c, ctx.analysed, NAME)
   validate.require(bool(todo), f"analysis.{NAME} has no analysed mask to transfer")
   shown = progress.Progress(NAME, len(todo), "masks", every_s=0)
@@ -170,7 +171,7 @@ def run_across(ctx: measures.StageContext, c) -> Dict[str, Any]:
   logs.write_json(stem + ".json", {"models": out_models})
   for m in out_models.values():
     for kind in KINDS:
-      m[kind]["pairs"] = cross_seed.without_curves(m[kind]["pairs"])
+      m[kind]["pairs"] = paths_lib.without_curves(m[kind]["pairs"])
   out = {"split": c.split, "num_inits": c.num_inits, "seed": s.config.seeds.init,
          "bn_modes": list(paths.modes), "start": inits_lib.start_text(s),
          "paths": stem + ".json", "models": out_models, "comparisons": comparisons(out_models)}

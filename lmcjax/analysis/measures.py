@@ -100,28 +100,33 @@ class Sizes:
 
   Attributes:
     examples: split name (SPLITS) -> examples in it.
-    module: the config's model (flax module), built without parameters.
-    num_params: its parameter count.
+    module: the config's model (flax module).
+    variables: its {'params', 'batch_stats'}, abstract (shapes) or not.
+    image_shape: one example's (H, W, C).
     num_classes: classes of the dataset.
   """
   examples: Dict[str, int]
   module: Any
-  num_params: int
+  variables: Any
+  image_shape: Tuple[int, ...]
   num_classes: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
-  """What a measure computes, counted from the config alone.
+  """What a measure computes, counted from the config alone: job key ->
+  examples. A key names one job; measures that share a job (the inits' nets
+  and the matchings that move masks, which lmcjax.analysis.inits caches) give
+  it the same key ('inits', ...), so it counts once; a measure's own keys
+  start with its name.
 
   Attributes:
-    trainings: net or job key -> train-step examples (a Hessian-vector
-      product counts as 2). Measures that share a net (the inits' nets, which
-      lmcjax.analysis.inits caches) give it the same key, so it counts once.
+    train_examples: examples through a train step (a Hessian-vector product
+      counts as 2).
     forward_examples: examples through an evaluation forward pass.
   """
-  trainings: Mapping[Hashable, int] = dataclasses.field(default_factory=dict)
-  forward_examples: int = 0
+  train_examples: Mapping[Hashable, int] = dataclasses.field(default_factory=dict)
+  forward_examples: Mapping[Hashable, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,20 +326,25 @@ def planned_costs(config, sizes: Sizes, num_models: int, num_detailed: int
                   ) -> List[Tuple[str, Cost]]:
   """(name, Cost) of each enabled measure that declares one, in a run that
   analyses num_models models, num_detailed of them in detail (detail_only
-  measures run on those). A net two measures share is counted at the first
-  (the one that trains it: they run in registration order)."""
-  out, seen = [], set()
+  measures run on those). A job two measures share is counted at the first
+  (the one that runs it: measures run in registration order)."""
+  out, trained, forward = [], set(), set()
   for m, c in configured(config.analysis):
     if m.cost is None or not enabled(c):
       continue
     cost = m.cost(config, c, sizes)
     times = (num_detailed if m.detail_only else num_models) if m.per_model else 1
-    # A per-model measure's key names one model's job: one per model.
-    keyed = ({(m.name, i, key): n for key, n in cost.trainings.items() for i in range(times)}
-             if m.per_model else dict(cost.trainings))
-    mine = {key: n for key, n in keyed.items() if key not in seen}
-    seen.update(mine)
-    out.append((m.name, Cost(mine, times * cost.forward_examples)))
+
+    def mine(jobs, seen, m=m, times=times):
+      # A per-model measure's key names one model's job: one per model.
+      keyed = ({(m.name, i, key): n for key, n in jobs.items() for i in range(times)}
+               if m.per_model else dict(jobs))
+      new = {key: n for key, n in keyed.items() if key not in seen}
+      seen.update(new)
+      return new
+
+    out.append((m.name, Cost(mine(cost.train_examples, trained),
+                             mine(cost.forward_examples, forward))))
   return out
 
 

@@ -259,14 +259,15 @@ def pool(root: str, per_seed: pooling.PerSeed) -> measures.Report:
 
 
 def cost(config, c, sizes: measures.Sizes) -> measures.Cost:
-  """Every source's path from round k to k + 1 (k < imp.rounds) on c.split, and
-  the statistics batches a 'reset' or 'repair' path measures at each alpha.
-  The nets are IMP's: nothing trains."""
+  """Every source's path from round k to k + 1 (k < imp.rounds) on c.split,
+  with the statistics batches of the interpolation measure. The nets are
+  IMP's: nothing trains."""
   a = config.analysis
-  statistics = a.bn_reset_batches * a.bn_reset_batch_size if c.bn_mode != "interpolate" else 0
+  statistics = interpolation.statistics_examples(sizes.examples["train"], a.bn_reset_batch_size,
+                                                 a.bn_reset_batches)
   paths = len(config.imp.sources) * config.imp.rounds
-  return measures.Cost(forward_examples=paths * c.num_alphas * (sizes.examples[c.split]
-                                                                + statistics))
+  per_path = interpolation.path_cost(sizes, c.num_alphas, c.split, c.bn_mode, statistics)
+  return measures.Cost(forward_examples={(NAME, "paths"): paths * per_path})
 
 
 MEASURE = measures.Measure(name=NAME, section=NAME, check=check, run_across=run_across,

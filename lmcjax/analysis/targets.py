@@ -62,13 +62,21 @@ def analysed_rounds(config) -> Dict[str, Set[int]]:
   return {src: set(a.rounds) or {config.imp.rounds} for src in config.imp.sources}
 
 
+def planned_rounds(config) -> Dict[str, Set[int]]:
+  """analysed_rounds where the stage analyses masks at all (IMP rounds or
+  explicit targets), else none."""
+  return analysed_rounds(config) if config.imp.rounds or config.analysis.targets else {}
+
+
 def planned_counts(config) -> Tuple[int, int]:
   """(models the stage analyses, how many of them in detail), from the config
   alone (bench/estimate_cost.py): the dense net where included, every analysed
   mask; detail: the dense net and each source's sparsest mask, or every model
-  (analysis.detail_models 'all')."""
+  (analysis.detail_models 'all'). Without targets or analysis.rounds the stage
+  analyses the last round found under DIR/imp: here, imp.rounds of every
+  imp.sources."""
   a = config.analysis
-  rounds = analysed_rounds(config) if config.imp.rounds or a.targets else {}
+  rounds = planned_rounds(config)
   masked = sum(len(r) for r in rounds.values())
   detailed = masked if a.detail_models == "all" else len(rounds)
   return int(a.include_dense) + masked, int(a.include_dense) + detailed

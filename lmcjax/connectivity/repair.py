@@ -207,6 +207,13 @@ def _blocks(images, chunk_examples: int):
   return train.example_chunks((jnp.asarray(images, jnp.float32),), chunk_examples)
 
 
+def repaired_layers(module: nn.Module, variables: PyTree, image_shape) -> Tuple[Path, ...]:
+  """The layers REPAIR corrects in this model, in call order (variables may be
+  abstract: nothing is computed)."""
+  check_applies(module)
+  return _layers(module, variables, image_shape, _REPAIRED[models.info(module).norm])
+
+
 def channel_statistics(module: nn.Module, variables: PyTree, images, *, layers: str = "repaired",
                        chunk_examples: int = 256) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
   """{layer path: (mean, std)} per output channel over the images and positions.
