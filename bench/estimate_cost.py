@@ -138,8 +138,9 @@ def analysis_counts(config, n_train: int, n_test: int, num_classes: int, image_s
   a, d = config.analysis, config.distill
   f = distill_stage.factor_of(d)
   module = models.create(config.model, num_classes)
-  variables = jax.eval_shape(lambda: dict(module.init(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)), train=False)))
+  params, batch_stats = jax.eval_shape(
+      lambda: train.init_variables(module, jax.random.PRNGKey(0), image_shape))
+  variables = {"params": params, "batch_stats": batch_stats}
   sizes = measures.Sizes({"train": n_train, "test": n_test,
                           "distilled": num_classes * d.ipc * f * f}, module, variables,
                          tuple(image_shape), num_classes)
@@ -262,9 +263,11 @@ def main(argv):
     print("| " + " | ".join(cells) + " |")
   cells = ["total", "", f"{total:,.1f}"] + [f"{total / r / 3600:.2f}" for r in rates]
   if measured:
-    stages = [measured[name] for name, _, _, part in rows if not part and name in measured]
-    cells += _measured_cells(sum(stages) if len(stages) == sum(not p for *_, p in rows) else None,
-                             total)
+    stages = [name for name, _, _, part in rows if not part]
+    # A total only where every stage was measured.
+    seconds = (sum(measured[name] for name in stages)
+               if all(name in measured for name in stages) else None)
+    cells += _measured_cells(seconds, total)
   print("| " + " | ".join(cells) + " |")
 
 

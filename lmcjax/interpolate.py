@@ -27,7 +27,7 @@ interpolated ones, measured on the same training batches
 """
 import functools
 import itertools
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -258,14 +258,19 @@ def summarise(pairs: Sequence[Dict[str, Any]]) -> Dict[str, float]:
   return out
 
 
+def bn_batch_shape(num_examples: int, batch_size: int, num_batches: int) -> Tuple[int, int]:
+  """(K, B) of bn_batches on a split of num_examples: as asked, within the split."""
+  batch_size = min(batch_size, num_examples)
+  return min(num_batches, num_examples // batch_size), batch_size
+
+
 def bn_batches(images, batch_size: int, num_batches: int, key) -> jnp.ndarray:
   """(K, B, ...) training batches for the BN reset and REPAIR, drawn without replacement."""
   validate.positive("bn_reset_batch_size", batch_size)
   validate.positive("bn_reset_batches", num_batches)
   n = images.shape[0]
   validate.require(n > 0, "cannot recompute BatchNorm statistics on an empty split")
-  batch_size = min(batch_size, n)
-  num_batches = min(num_batches, n // batch_size)
+  num_batches, batch_size = bn_batch_shape(n, batch_size, num_batches)
   idx = jax.random.permutation(key, n)[:num_batches * batch_size]
   return images[idx].reshape((num_batches, batch_size) + images.shape[1:])
 

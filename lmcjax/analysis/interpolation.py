@@ -82,8 +82,8 @@ def bn_modes(keeps_running_stats: bool, a) -> Tuple[str, ...]:
 
 def statistics_examples(num_train: int, batch_size: int, num_batches: int) -> int:
   """Examples in the statistics batches interpolate.bn_batches draws."""
-  batch = min(batch_size, num_train)
-  return batch * min(num_batches, num_train // batch)
+  count, batch = interpolate.bn_batch_shape(num_train, batch_size, num_batches)
+  return count * batch
 
 
 def path_cost(sizes: measures.Sizes, num_alphas: int, split: str, mode: str,

@@ -166,7 +166,7 @@ class Measure:
       pooled.py adds them, in registration order), from the rows `report`
       wrote to each seed's results.json; figures go under the root.
     cost: (config, c, Sizes) -> Cost: what it computes when enabled, from the
-      config alone; per model for a per-model measure (planned_cost counts it
+      config alone; per model for a per-model measure (planned_costs counts it
       on each model it runs on), for the whole run otherwise. None: priced
       at nothing by bench/estimate_cost.py.
   """

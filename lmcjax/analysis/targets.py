@@ -50,14 +50,14 @@ def _target_ids(a) -> List[modelid.ModelId]:
 
 
 def analysed_rounds(config) -> Dict[str, Set[int]]:
-  """Source -> the IMP rounds whose masks the analysis stage analyses, by
-  targets.py's rule: analysis.targets, else every IMP source at
-  analysis.rounds, else each source's last round."""
+  """Source -> the IMP rounds whose masks the analysis stage analyses, by this
+  module's rule: analysis.targets, else every IMP source at analysis.rounds,
+  else each source's last round."""
   a = config.analysis
   if a.targets:
     out: Dict[str, Set[int]] = {}
-    for match in (TARGET.match(str(t)) for t in a.targets):
-      out.setdefault(match.group(1), set()).add(int(match.group(2)))
+    for model in _target_ids(a):
+      out.setdefault(model.source, set()).add(model.round)
     return out
   return {src: set(a.rounds) or {config.imp.rounds} for src in config.imp.sources}
 

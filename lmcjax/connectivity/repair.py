@@ -207,11 +207,16 @@ def _blocks(images, chunk_examples: int):
   return train.example_chunks((jnp.asarray(images, jnp.float32),), chunk_examples)
 
 
+def _repaired_kind(module: nn.Module) -> str:
+  """The kind of layer REPAIR corrects in this model; one line where it does not apply."""
+  check_applies(module)
+  return _REPAIRED[models.info(module).norm]
+
+
 def repaired_layers(module: nn.Module, variables: PyTree, image_shape) -> Tuple[Path, ...]:
   """The layers REPAIR corrects in this model, in call order (variables may be
   abstract: nothing is computed)."""
-  check_applies(module)
-  return _layers(module, variables, image_shape, _REPAIRED[models.info(module).norm])
+  return _layers(module, variables, image_shape, _repaired_kind(module))
 
 
 def channel_statistics(module: nn.Module, variables: PyTree, images, *, layers: str = "repaired",
@@ -224,8 +229,7 @@ def channel_statistics(module: nn.Module, variables: PyTree, images, *, layers: 
   """
   validate.choice("layers", layers, ("repaired",) + tuple(LAYER_LEAVES))
   if layers == "repaired":
-    check_applies(module)
-    layers = _REPAIRED[models.info(module).norm]
+    layers = _repaired_kind(module)
   blocks = _blocks(images, chunk_examples)
   found = _layers(module, variables, blocks[0].shape[2:], layers)
   stats = _moments_program(module, found, variables, blocks)
@@ -251,7 +255,7 @@ def repair_path(module: nn.Module, variables_a: PyTree, variables_b: PyTree, alp
   alphas = interpolate_lib.check_alphas(alphas)
   validate.positive("chunk_alphas", chunk_alphas)
   blocks = _blocks(images, chunk_examples)
-  layers = _layers(module, variables_a, blocks[0].shape[2:], _REPAIRED[models.info(module).norm])
+  layers = repaired_layers(module, variables_a, blocks[0].shape[2:])
   rest = {k: v for k, v in variables_a.items() if k != "params"}
   # The targets are the statistics of the nets at alpha 0 and 1: the masked endpoints.
   masked = lambda v: v["params"] if mask is None else masks.apply(v["params"], mask)
